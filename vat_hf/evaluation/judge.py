@@ -1,28 +1,70 @@
 """The evaluator: a model rates each action's acceptability in its scene on a 1-5 scale.
 
-The rating is read from one forward pass. After the chat-templated prompt (answer prefilled with
-"Rating: "), the next-token probabilities of the five option tokens "1".."5" are renormalised
-into a distribution; the record keeps that distribution, the expected rating, and the mass the
-options had before renormalising (a low mass means the model wanted to say something else).
+Scoring modes (every record says which one produced it, in ``mode``):
 
-Batches are built by sorting prompts by token length and filling a token budget (padded length x
+``logprob`` (the default whenever the tokenizer allows it)
+    After the chat-templated prompt (answer prefilled with "Rating: "), the next-token
+    probabilities of the five option tokens "1".."5" are read from one forward pass and
+    renormalised into a distribution; the record keeps that distribution, the expected rating,
+    and the mass the options had before renormalising (a low mass means the model wanted to say
+    something else).
+``logprob-multitoken`` (chosen automatically when the options are not single, distinct tokens)
+    Each option's text is appended to the prompt and its summed token log-probability is the
+    option's score; the five are renormalised the same way, and ``option_mass`` is the sum of the
+    five sequence probabilities. The prompt runs once per item (the options' first tokens are read
+    from its last position); only options longer than one token need a second, tiny pass over
+    their remaining tokens, against the prompt's key/value cache.
+``generate`` (for models whose log-probabilities are not available)
+    The model writes its answer greedily (``max_new_tokens``); the first number in it is the
+    rating if it is an integer from 1 to 5. Anything else is recorded as missing, with the
+    answer and the reason, and never guessed.
+
+Throughput: prompts are sorted by token length and batched by a token budget (padded length x
 rows), which keeps padding small; only the last position's logits are computed
 (``logits_to_keep=1``); padding is on the left with explicit position ids, so a batched item's
-distribution equals its unbatched one.
+distribution equals its unbatched one. The prompt's item-independent token prefix (system prompt,
+few-shot demonstrations, the start of the last user turn) is run once and its key/value cache is
+reused by every batch (:mod:`vat_hf.evaluation.prefix`).
+
+Bad input never stops a run: an item with an empty scenario or action, or a prompt longer than
+``max_length`` (with ``truncation="refuse"``, the default), gets a record with ``rating=None`` and
+a ``missing_reason`` naming the item and the problem; every other item is judged. With
+``truncation="left"`` an over-long prompt keeps its last ``max_length`` tokens (the rule of
+lm-evaluation-harness: the question and the answer prefix survive, the start of the system
+prompt and demonstrations are dropped) and the record says how many tokens were dropped.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from tqdm.auto import tqdm
 
-from vat_hf.prompts import OPTIONS, SCALE_MIN, JudgePrompt, judge_text
+from vat_hf.evaluation.prefix import (
+    DUMMY_ITEMS,
+    PrefixCache,
+    cache_kwarg,
+    common_prefix_length,
+    logits_to_keep_kwarg,
+    output_cache,
+    unwrap_model,
+)
+from vat_hf.prompts import OPTIONS, SCALE_MAX, SCALE_MIN, JudgePrompt, judge_text
+
+logger = logging.getLogger(__name__)
 
 MODE_LOGPROB = "logprob"
+MODE_MULTITOKEN = "logprob-multitoken"
+MODE_GENERATE = "generate"
+MODES = (MODE_LOGPROB, MODE_MULTITOKEN, MODE_GENERATE)
+TRUNCATION_RULES = ("refuse", "left")
 
 
 class OptionTokenError(ValueError):
@@ -66,7 +108,9 @@ def token_budget_batches(lengths: Sequence[int], max_batch_tokens: int, max_batc
     return batches
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device) -> Dict[str, torch.Tensor]:
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device, position_offset: int = 0) -> Dict[str, torch.Tensor]:
+    """Left-padded ``input_ids``, ``attention_mask`` and ``position_ids`` (positions count real
+    tokens only, starting at ``position_offset``: the length of a cached prefix)."""
     width = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -74,9 +118,12 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device) -> Dict[st
         input_ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
         attention_mask[row, width - len(seq):] = 1
     # Positions count real tokens only, so left padding does not shift them.
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
-            "position_ids": position_ids.to(device)}
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0) + position_offset
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in out.items()}
+    return {k: v.to(device) for k, v in out.items()}
 
 
 @dataclass
@@ -86,6 +133,7 @@ class EvaluationSummary:
     option_mass_min: float
     mean_rating: float
     mode: str = MODE_LOGPROB
+    n_missing: int = 0
 
     def to_dict(self) -> Dict:
         return dict(self.__dict__)
@@ -94,16 +142,105 @@ class EvaluationSummary:
 def summarize(records: Sequence[Mapping]) -> EvaluationSummary:
     masses = [r["option_mass"] for r in records if r.get("option_mass") is not None]
     ratings = [r["rating"] for r in records if r.get("rating") is not None]
+    modes = sorted({r.get("mode") for r in records if r.get("mode")})
     return EvaluationSummary(
         n_items=len(records),
         option_mass_mean=float(sum(masses) / len(masses)) if masses else math.nan,
         option_mass_min=float(min(masses)) if masses else math.nan,
         mean_rating=float(sum(ratings) / len(ratings)) if ratings else math.nan,
-        mode=records[0].get("mode", MODE_LOGPROB) if records else MODE_LOGPROB,
+        mode="+".join(modes) if modes else MODE_LOGPROB,
+        n_missing=len(records) - len(ratings),
     )
 
 
 ITEM_KEYS = ("id", "scene_id", "country", "domain", "value", "micro_value", "polarity", "split")
+OUTPUT_KEYS = ("rating", "probs", "option_mass", "option_logprobs", "argmax", "n_tokens", "mode", "missing_reason",
+               "truncated_tokens", "generated")
+
+
+def _distribution_outputs(logprobs: Sequence[float], mode: str) -> Dict:
+    """Rating outputs from the five options' log-probabilities (full-vocabulary log-softmax)."""
+    lp = torch.tensor(list(logprobs), dtype=torch.float64)
+    mass = float(lp.exp().sum())
+    dist = torch.softmax(lp, dim=0).tolist() if torch.isfinite(lp).any() else [math.nan] * len(OPTIONS)
+    rating = float(sum((SCALE_MIN + k) * p for k, p in enumerate(dist)))
+    return {
+        "rating": rating,
+        "probs": dist,
+        "option_mass": mass,
+        "option_logprobs": [float(x) for x in logprobs],
+        "argmax": SCALE_MIN + max(range(len(dist)), key=dist.__getitem__),
+        "mode": mode,
+    }
+
+
+def missing_outputs(reason: str, mode: str, **extra) -> Dict:
+    return {"rating": None, "probs": None, "option_mass": None, "option_logprobs": None, "argmax": None,
+            "mode": mode, "missing_reason": reason, **extra}
+
+
+_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
+
+
+def parse_rating(text: str) -> Tuple[Optional[int], Optional[str]]:
+    """The rating in a generated answer: its first number, if that is an integer from 1 to 5.
+    Returns ``(rating, None)`` or ``(None, reason)``; nothing is guessed.
+
+    >>> parse_rating("4")
+    (4, None)
+    >>> parse_rating(" I'd say 2 out of 5.")
+    (2, None)
+    >>> parse_rating("3.5")
+    (None, "the answer's first number '3.5' is not an integer from 1 to 5")
+    >>> parse_rating("acceptable")
+    (None, 'no number in the answer')
+    """
+    match = _NUMBER.search(text or "")
+    if match is None:
+        return None, "no number in the answer"
+    token = match.group(0)
+    if re.fullmatch(r"\d+", token) and SCALE_MIN <= int(token) <= SCALE_MAX:
+        return int(token), None
+    return None, f"the answer's first number {token!r} is not an integer from {SCALE_MIN} to {SCALE_MAX}"
+
+
+def _answer_complete(text: str) -> bool:
+    """Whether a partial answer already decides its rating: its first number is followed by a
+    character that cannot extend it.
+
+    >>> [_answer_complete(t) for t in ("4", "4\\n", "3.", "3.5 ", "none yet")]
+    [False, True, False, True, False]
+    """
+    match = _NUMBER.search(text or "")
+    if match is None:
+        return False
+    rest = text[match.end():]
+    return bool(rest) and not (rest[0] in ".," and len(rest) == 1)
+
+
+@dataclass
+class _Request:
+    index: int  # position in the judged items
+    ids: List[int]  # tokens read by the main forward pass
+    conts: Optional[List[List[int]]] = None  # multitoken: each option's continuation tokens
+    use_prefix: bool = False
+    truncated: int = 0
+
+
+@dataclass
+class JudgeStats:
+    n_items: int = 0
+    n_cached: int = 0
+    n_computed: int = 0
+    n_missing: int = 0
+    n_prefix: int = 0
+    prefix_tokens: int = 0
+    tokens_read: int = 0
+    seconds: float = 0.0
+    batches: int = 0
+
+    def to_dict(self) -> Dict:
+        return dict(self.__dict__)
 
 
 class Evaluator:
@@ -111,6 +248,16 @@ class Evaluator:
 
     >>> # evaluator = Evaluator(loaded.model, loaded.tokenizer, prompt=value_prompt("Benevolence"))
     >>> # records = evaluator.judge(items)
+
+    ``mode``: ``"auto"`` (``logprob`` when the options are single tokens, else
+    ``logprob-multitoken``), or one of :data:`MODES`. ``prefix_reuse``: ``"auto"`` (reuse the
+    shared prefix's key/value cache when it is at least ``min_prefix_tokens`` long, after a
+    one-time check that it reproduces full encoding), ``True`` or ``False``. ``max_length``:
+    the longest prompt judged (default: the model's ``max_position_embeddings``);
+    ``truncation``: ``"refuse"`` or ``"left"`` for longer ones. ``cache_dir``: an on-disk
+    judgment cache (:mod:`vat_hf.evaluation.cache`) under ``<cache_dir>/judgments``; finished
+    items are read from it and new ones appended batch by batch. ``adapter_id`` / ``model_id``
+    override the cache's automatic fingerprints of the adapter and the model.
     """
 
     def __init__(
@@ -121,6 +268,16 @@ class Evaluator:
         max_batch_tokens: int = 8192,
         max_batch_size: int = 64,
         progress: bool = True,
+        mode: str = "auto",
+        prefix_reuse: Union[str, bool] = "auto",
+        min_prefix_tokens: int = 16,
+        max_length: Optional[int] = None,
+        truncation: str = "refuse",
+        max_new_tokens: int = 8,
+        cache_dir: Optional[Union[str, Path]] = None,
+        cache_rank: int = 0,
+        model_id: Optional[str] = None,
+        adapter_id: Optional[str] = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -128,63 +285,435 @@ class Evaluator:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.progress = progress
-        self.option_ids = option_token_ids(tokenizer)
+        if mode not in ("auto",) + MODES:
+            raise ValueError(f"mode {mode!r} is not 'auto' or one of {MODES}")
+        if truncation not in TRUNCATION_RULES:
+            raise ValueError(f"truncation {truncation!r} is not one of {TRUNCATION_RULES}")
+        if prefix_reuse not in ("auto", True, False):
+            raise ValueError(f"prefix_reuse {prefix_reuse!r} is not 'auto', True or False")
+        self.option_ids: Optional[List[int]] = None
+        try:
+            self.option_ids = option_token_ids(tokenizer)
+        except OptionTokenError:
+            if mode == MODE_LOGPROB:
+                raise
+        if mode == "auto":
+            mode = MODE_LOGPROB if self.option_ids is not None else MODE_MULTITOKEN
+            if mode == MODE_MULTITOKEN:
+                logger.info("rating options are not single distinct tokens for this tokenizer; scoring %s", mode)
+        self.mode = mode
+        self.prefix_reuse = prefix_reuse
+        self.min_prefix_tokens = min_prefix_tokens
+        self.truncation = truncation
+        self.max_new_tokens = max_new_tokens
+        self.max_length = max_length if max_length is not None else self._default_max_length()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = 0 if pad is None else pad
+        self.template = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache_rank = cache_rank
+        self._model_id = model_id
+        self._adapter_id = adapter_id
+        self._cache = None
+        self._cache_kw = cache_kwarg(model)
+        self._keep_kw = logits_to_keep_kwarg(model)
+        self._prefix: Optional[PrefixCache] = None
+        self._prefix_checked = prefix_reuse is True
+        self.stats = JudgeStats()
 
+    # -- setup --------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def encode(self, items: Sequence[Mapping]) -> List[List[int]]:
-        texts = [judge_text(self.tokenizer, self.prompt, item) for item in items]
+    def _default_max_length(self) -> Optional[int]:
+        config = getattr(unwrap_model(self.model), "config", None)
+        candidates = [getattr(config, "max_position_embeddings", None)]
+        model_max = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(model_max, int) and model_max < 10_000_000:
+            candidates.append(model_max)
+        candidates = [c for c in candidates if isinstance(c, int) and c > 0]
+        return min(candidates) if candidates else None
+
+    def scoring_config(self) -> Dict:
+        """Everything besides model, adapter and prompt that decides a judgment's outputs."""
+        from vat_hf.evaluation.cache import tokenizer_fingerprint
+
+        config = {"mode": self.mode, "options": list(OPTIONS), "tokenizer": tokenizer_fingerprint(self.tokenizer),
+                  "max_length": self.max_length, "truncation": self.truncation}
+        if self.mode == MODE_GENERATE:
+            config["max_new_tokens"] = self.max_new_tokens
+        return config
+
+    @property
+    def cache(self):
+        """The :class:`~vat_hf.evaluation.cache.JudgmentCache` (None without ``cache_dir``)."""
+        if self.cache_dir is None:
+            return None
+        if self._cache is None:
+            from vat_hf.evaluation.cache import JudgmentCache, adapter_fingerprint, model_fingerprint, sha256_json
+
+            model_fp = self._model_id if self._model_id is not None else model_fingerprint(self.model)
+            adapter_fp = self._adapter_id if self._adapter_id is not None else adapter_fingerprint(self.model)
+            scoring = self.scoring_config()
+            self._cache = JudgmentCache(
+                self.cache_dir, model_fp, adapter_fp, self.prompt.fingerprint(), sha256_json(scoring)[:32],
+                rank=self.cache_rank,
+                meta={"model": str(getattr(getattr(unwrap_model(self.model), "config", None), "_name_or_path", "")),
+                      "prompt": self.prompt.to_dict(), "scoring": scoring},
+            )
+        return self._cache
+
+    def texts(self, items: Sequence[Mapping]) -> List[str]:
+        return [judge_text(self.tokenizer, self.prompt, item) for item in items]
+
+    def _tokenize(self, texts: Sequence[str]) -> List[List[int]]:
         # The chat template already carries any special tokens the model expects.
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+
+    def encode(self, items: Sequence[Mapping]) -> List[List[int]]:
+        return self._tokenize(self.texts(items))
+
+    def shared_prefix(self) -> Optional[PrefixCache]:
+        """The prompt's item-independent token prefix (None when reuse is off or it is short)."""
+        if self.prefix_reuse is False:
+            return None
+        if self._prefix is None:
+            encoded = self.encode([dict(d) for d in DUMMY_ITEMS])
+            n = common_prefix_length(encoded)
+            self._prefix = PrefixCache(encoded[0][:n])
+        if self.prefix_reuse == "auto" and len(self._prefix) < self.min_prefix_tokens:
+            return None
+        return self._prefix
+
+    # -- requests -----------------------------------------------------------------------------
+    def _limit(self, conts_len: int = 0) -> Optional[int]:
+        if self.max_length is None:
+            return None
+        extra = self.max_new_tokens if self.mode == MODE_GENERATE else conts_len
+        return max(1, self.max_length - extra)
+
+    def _requests(self, items: Sequence[Mapping], indices: Sequence[int]) -> Tuple[List[_Request], Dict[int, Dict]]:
+        """Token requests for ``indices`` of ``items``, and missing outputs for those refused."""
+        texts = self.texts([items[i] for i in indices])
+        missing: Dict[int, Dict] = {}
+        requests: List[_Request] = []
+        if self.mode == MODE_MULTITOKEN:
+            full = self._tokenize([text + option for text in texts for option in OPTIONS])
+            k = len(OPTIONS)
+            pairs = []
+            for j in range(len(indices)):
+                options = full[j * k:(j + 1) * k]
+                n = min(common_prefix_length(options), min(len(o) for o in options) - 1)
+                pairs.append((options[0][:n], [o[n:] for o in options]))
+        else:
+            pairs = [(ids, None) for ids in self._tokenize(texts)]
+        prefix = self.shared_prefix()
+        for index, (ids, conts) in zip(indices, pairs):
+            limit = self._limit(max(len(c) for c in conts) if conts else 0)
+            truncated = 0
+            if limit is not None and len(ids) > limit:
+                if self.truncation == "refuse":
+                    missing[index] = missing_outputs(
+                        f"item {items[index].get('id')!r}: the prompt is {len(ids)} tokens, more than max_length "
+                        f"{self.max_length}" + (f" less {self.max_length - limit} for the answer" if limit != self.max_length else "")
+                        + " (truncation='refuse'; use truncation='left' to keep the prompt's last tokens)",
+                        self.mode, n_tokens=len(ids))
+                    continue
+                truncated = len(ids) - limit
+                ids = ids[-limit:]
+            use_prefix = bool(prefix is not None and prefix.matches(ids))
+            requests.append(_Request(index=index, ids=list(ids), conts=conts, use_prefix=use_prefix, truncated=truncated))
+        return requests, missing
+
+    # -- model passes -------------------------------------------------------------------------
+    def _forward(self, requests: Sequence[_Request], use_prefix: bool, want_cache: bool = False):
+        """One forward pass over the batch; returns last-position logits (rows, vocab) and, with
+        ``want_cache``, the cache, the full attention mask and each row's last position."""
+        prefix_len = len(self._prefix) if use_prefix else 0
+        seqs = [r.ids[prefix_len:] for r in requests]
+        batch = left_pad(seqs, self.pad_id, self.device, position_offset=prefix_len)
+        mask = batch["attention_mask"]
+        kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
+                  "use_cache": bool(want_cache or use_prefix)}
+        if self._keep_kw:
+            kwargs[self._keep_kw] = 1
+        if use_prefix:
+            ones = torch.ones((len(seqs), prefix_len), dtype=mask.dtype, device=mask.device)
+            mask = torch.cat([ones, mask], dim=1)
+            kwargs[self._cache_kw] = self._prefix.batch_cache(self.model, self.device, len(seqs))
+            kwargs["attention_mask"] = mask
+        elif want_cache or len({len(s) for s in seqs}) > 1:
+            kwargs["attention_mask"] = mask
+        # (No padding and no prefix: no mask at all, so attention can take its causal fast path.)
+        out = self.model(**kwargs)
+        logits = out.logits[:, -1, :]
+        self.stats.batches += 1
+        self.stats.tokens_read += sum(len(s) for s in seqs)
+        if not want_cache:
+            return logits, None
+        last_pos = batch["position_ids"][:, -1]
+        return logits, (output_cache(out), mask, last_pos)
+
+    def _check_prefix(self, request: _Request) -> bool:
+        """One-time check that reusing the prefix cache reproduces a full encoding."""
+        with torch.inference_mode():
+            reused, _ = self._forward([request], use_prefix=True)
+            full, _ = self._forward([request], use_prefix=False)
+        a, b = torch.softmax(reused.float(), -1), torch.softmax(full.float(), -1)
+        tol = 1e-3 if reused.dtype == torch.float32 else 5e-2
+        diff = float((a - b).abs().max())
+        if diff > tol:
+            logger.warning("prefix key/value reuse changed next-token probabilities by %.3g for this model; "
+                           "encoding every prompt in full instead", diff)
+            return False
+        return True
+
+    def _logprob_outputs(self, requests: Sequence[_Request], use_prefix: bool) -> List[Dict]:
+        logits, _ = self._forward(requests, use_prefix)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)[:, self.option_ids].double().cpu()
+        return [_distribution_outputs(row.tolist(), MODE_LOGPROB) for row in logprobs]
+
+    def _multitoken_outputs(self, requests: Sequence[_Request], use_prefix: bool) -> List[Dict]:
+        k = len(OPTIONS)
+        longest = max(len(c) for r in requests for c in r.conts)
+        logits, state = self._forward(requests, use_prefix, want_cache=longest > 1)
+        first = torch.log_softmax(logits.float(), dim=-1)
+        scores = torch.zeros((len(requests), k), dtype=torch.float64)
+        for row, r in enumerate(requests):
+            ids = torch.tensor([c[0] for c in r.conts], device=first.device)
+            scores[row] = first[row, ids].double().cpu()
+        if longest > 1:
+            cache, mask, last_pos = state
+            # Continue every (item, option) row from the item's cache with the option's tokens
+            # but its last, right-padded; logits at each step give the next option token.
+            cache.batch_repeat_interleave(k)
+            steps = longest - 1
+            cont_ids = torch.full((len(requests) * k, steps), self.pad_id, dtype=torch.long)
+            cont_mask = torch.zeros((len(requests) * k, steps), dtype=torch.long)
+            for row, r in enumerate(requests):
+                for o, c in enumerate(r.conts):
+                    if len(c) > 1:
+                        cont_ids[row * k + o, :len(c) - 1] = torch.tensor(c[:-1])
+                        cont_mask[row * k + o, :len(c) - 1] = 1
+            device = self.device
+            positions = last_pos.repeat_interleave(k)[:, None] + 1 + torch.arange(steps, device=device)[None, :]
+            kwargs = {"input_ids": cont_ids.to(device), "position_ids": positions, "use_cache": True,
+                      "attention_mask": torch.cat([mask.repeat_interleave(k, dim=0), cont_mask.to(device)], dim=1),
+                      self._cache_kw: cache}
+            out = self.model(**kwargs)
+            rest = torch.log_softmax(out.logits.float(), dim=-1)
+            for row, r in enumerate(requests):
+                for o, c in enumerate(r.conts):
+                    for j in range(1, len(c)):
+                        scores[row, o] += float(rest[row * k + o, j - 1, c[j]])
+        return [_distribution_outputs(row.tolist(), MODE_MULTITOKEN) for row in scores]
+
+    def _stop_ids(self) -> set:
+        ids = set()
+        for source in (getattr(unwrap_model(self.model), "generation_config", None), self.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            if isinstance(eos, int):
+                ids.add(eos)
+            elif isinstance(eos, (list, tuple)):
+                ids.update(int(e) for e in eos)
+        return ids
+
+    def _generate_outputs(self, requests: Sequence[_Request], use_prefix: bool) -> List[Dict]:
+        stop = self._stop_ids()
+        rows = len(requests)
+        generated: List[List[int]] = [[] for _ in range(rows)]
+        done = [False] * rows
+        logits, (cache, mask, last_pos) = self._forward(requests, use_prefix, want_cache=True)
+        device = self.device
+        for step in range(self.max_new_tokens):
+            next_ids = logits.argmax(dim=-1)
+            for row, token in enumerate(next_ids.tolist()):
+                if done[row]:
+                    continue
+                if token in stop:
+                    done[row] = True
+                    continue
+                generated[row].append(token)
+                if _answer_complete(self.tokenizer.decode(generated[row], skip_special_tokens=True)):
+                    done[row] = True
+            if all(done) or step == self.max_new_tokens - 1:
+                break
+            last_pos = last_pos + 1
+            mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
+            kwargs = {"input_ids": next_ids[:, None], "position_ids": last_pos[:, None], "attention_mask": mask,
+                      "use_cache": True, self._cache_kw: cache}
+            if self._keep_kw:
+                kwargs[self._keep_kw] = 1
+            out = self.model(**kwargs)
+            logits = out.logits[:, -1, :]
+            cache = output_cache(out) or cache
+        outputs = []
+        for tokens in generated:
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            rating, reason = parse_rating(text)
+            if rating is None:
+                outputs.append(missing_outputs(f"unparseable answer {text!r}: {reason}", MODE_GENERATE, generated=text))
+            else:
+                outputs.append({"rating": float(rating), "probs": None, "option_mass": None, "option_logprobs": None,
+                                "argmax": rating, "mode": MODE_GENERATE, "generated": text})
+        return outputs
 
     @torch.inference_mode()
-    def option_probabilities(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Full-vocabulary probabilities of the option tokens at the next position, (rows, 5)."""
-        inputs = left_pad(batch, self.pad_id, self.device)
-        logits = self.model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
-        probs = torch.softmax(logits.float(), dim=-1)
-        return probs[:, self.option_ids].cpu()
+    def score_batch(self, requests: Sequence[_Request], use_prefix: bool) -> List[Dict]:
+        if self.mode == MODE_LOGPROB:
+            outputs = self._logprob_outputs(requests, use_prefix)
+        elif self.mode == MODE_MULTITOKEN:
+            outputs = self._multitoken_outputs(requests, use_prefix)
+        else:
+            outputs = self._generate_outputs(requests, use_prefix)
+        return outputs
+
+    # -- judging ------------------------------------------------------------------------------
+    def _bad_item(self, item: Mapping) -> Optional[str]:
+        for key in ("scenario", "action"):
+            value = item.get(key)
+            if not isinstance(value, str) or not value.strip():
+                return f"item {item.get('id')!r}: empty {key}; nothing to judge"
+        return None
+
+    def iter_outputs(self, items: Sequence[Mapping], indices: Optional[Sequence[int]] = None
+                     ) -> Iterator[Tuple[List[Tuple[int, Dict]], bool]]:
+        """Yield ``([(index, outputs), ...], computed)`` batch by batch for ``indices`` of
+        ``items`` (all by default): first the refused items (``computed=False``), then each scored
+        batch (``computed=True``), not in input order. No cache involved."""
+        indices = list(range(len(items))) if indices is None else list(indices)
+        bad = {i: self._bad_item(items[i]) for i in indices}
+        refused = [(i, missing_outputs(reason, self.mode)) for i, reason in bad.items() if reason]
+        requests, missing = self._requests(items, [i for i in indices if not bad[i]])
+        refused += sorted(missing.items())
+        if refused:
+            yield refused, False
+        if not self._prefix_checked:
+            first = next((r for r in requests if r.use_prefix), None)
+            if first is not None and not self._check_prefix(first):
+                self.prefix_reuse = False
+                for r in requests:
+                    r.use_prefix = False
+            self._prefix_checked = True
+        prefix_len = len(self._prefix) if self._prefix is not None else 0
+        groups = [[r for r in requests if r.use_prefix], [r for r in requests if not r.use_prefix]]
+        self.stats.n_prefix += len(groups[0])
+        if groups[0]:
+            self.stats.prefix_tokens = prefix_len
+        pending = None
+        for use_prefix, group in zip((True, False), groups):
+            if not group:
+                continue
+            lengths = [len(r.ids) - (prefix_len if use_prefix else 0) for r in group]
+            for batch in token_budget_batches(lengths, self.max_batch_tokens, self.max_batch_size):
+                chunk = [group[i] for i in batch]
+                if self.mode != MODE_LOGPROB:
+                    yield self._pairs(chunk, self.score_batch(chunk, use_prefix)), True
+                    continue
+                # Single-token scoring is pipelined: the next batch is launched before the
+                # previous one's results are read back, so the accelerator never waits on Python.
+                launched = self._launch_logprob(chunk, use_prefix)
+                if pending is not None:
+                    yield self._finish_logprob(*pending), True
+                pending = (chunk, *launched)
+        if pending is not None:
+            yield self._finish_logprob(*pending), True
+
+    def _launch_logprob(self, chunk: Sequence[_Request], use_prefix: bool):
+        with torch.inference_mode():
+            logits, _ = self._forward(chunk, use_prefix)
+            selected = torch.log_softmax(logits.float(), dim=-1)[:, self.option_ids]
+            if selected.device.type != "cuda":
+                return selected.double(), None
+            host = torch.empty(selected.shape, dtype=selected.dtype, pin_memory=True)
+            host.copy_(selected, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            return host, event
+
+    def _finish_logprob(self, chunk: Sequence[_Request], host: torch.Tensor, event) -> List[Tuple[int, Dict]]:
+        if event is not None:
+            event.synchronize()
+        outputs = [_distribution_outputs(row, MODE_LOGPROB) for row in host.double().tolist()]
+        return self._pairs(chunk, outputs)
+
+    @staticmethod
+    def _pairs(chunk: Sequence[_Request], outputs: List[Dict]) -> List[Tuple[int, Dict]]:
+        for out, r in zip(outputs, chunk):
+            out["n_tokens"] = len(r.ids)
+            if r.truncated:
+                out["truncated_tokens"] = r.truncated
+        return [(r.index, out) for r, out in zip(chunk, outputs)]
 
     def iter_judgments(self, items: Sequence[Mapping]) -> Iterator[Dict]:
-        """Yield one record per item, batch by batch (not in input order)."""
-        encoded = self.encode(items)
-        batches = token_budget_batches([len(e) for e in encoded], self.max_batch_tokens, self.max_batch_size)
+        """Yield one record per item, batch by batch (not in input order; no cache)."""
         prompt_hash = self.prompt.fingerprint()
-        bar = tqdm(total=len(items), desc=f"judging ({self.prompt.name})", unit="item", disable=not self.progress)
-        try:
-            for batch in batches:
-                probs = self.option_probabilities([encoded[i] for i in batch])
-                for row, index in enumerate(batch):
-                    yield make_record(items[index], probs[row], prompt_hash, len(encoded[index]))
-                bar.update(len(batch))
-        finally:
-            bar.close()
+        for pairs, _ in self.iter_outputs(items):
+            for index, out in pairs:
+                yield make_record(items[index], out, prompt_hash)
 
     def judge(self, items: Sequence[Mapping]) -> List[Dict]:
-        """Records in the order of ``items``."""
-        position = {item["id"]: i for i, item in enumerate(items)}
-        records: List[Optional[Dict]] = [None] * len(items)
-        for record in self.iter_judgments(items):
-            records[position[record["id"]]] = record
-        return records  # type: ignore[return-value]
+        """Records in the order of ``items``; with ``cache_dir``, finished items come from the
+        cache and each newly judged batch is appended to it before the next one starts."""
+        from vat_hf.evaluation.cache import item_hash
+
+        started = time.perf_counter()
+        for position, item in enumerate(items):
+            if not isinstance(item, Mapping) or item.get("id") in (None, ""):
+                raise ValueError(f"item {position} has no 'id'; every judged item needs one (see vat_hf.data.schema)")
+        prompt_hash = self.prompt.fingerprint()
+        outputs: List[Optional[Dict]] = [None] * len(items)
+        cache = self.cache
+        hashes = [item_hash(item) for item in items] if cache is not None else []
+        if cache is not None:
+            found = cache.lookup(hashes)
+            for i, h in enumerate(hashes):
+                if h in found:
+                    outputs[i] = found[h]
+        todo = [i for i, out in enumerate(outputs) if out is None]
+        n_cached = len(items) - len(todo)
+        bar = tqdm(total=len(items), initial=n_cached, desc=f"judging ({self.prompt.name})", unit="item",
+                   disable=not self.progress)
+        try:
+            for pairs, computed in self.iter_outputs(items, todo):
+                if cache is not None and computed:
+                    # Refusals of bad input are cheap and deterministic: only model outputs are cached.
+                    cache.append((hashes[i], out) for i, out in pairs)
+                for i, out in pairs:
+                    outputs[i] = out
+                bar.update(len(pairs))
+        finally:
+            bar.close()
+        records = [make_record(item, out, prompt_hash) for item, out in zip(items, outputs)]
+        self.stats.n_items += len(items)
+        self.stats.n_cached += n_cached
+        self.stats.n_computed += len(todo)
+        self.stats.n_missing += sum(1 for r in records if r["rating"] is None)
+        self.stats.seconds += time.perf_counter() - started
+        return records
 
 
-def make_record(item: Mapping, option_probs: torch.Tensor, prompt_hash: str, n_tokens: int, mode: str = MODE_LOGPROB) -> Dict:
-    mass = float(option_probs.sum())
-    dist = (option_probs / mass).tolist() if mass > 0 else [math.nan] * len(OPTIONS)
-    rating = float(sum((SCALE_MIN + k) * p for k, p in enumerate(dist)))
+def make_record(item: Mapping, outputs: Union[Mapping, torch.Tensor], prompt_hash: str, n_tokens: Optional[int] = None,
+                mode: str = MODE_LOGPROB) -> Dict:
+    """One judgment record: the item's metadata and the model's outputs.
+
+    ``outputs`` is a mapping of :data:`OUTPUT_KEYS` (or, as before, a tensor of the five option
+    probabilities, with ``n_tokens`` and ``mode``)."""
+    if isinstance(outputs, torch.Tensor):
+        logprobs = [math.log(p) if p > 0 else -math.inf for p in outputs.double().tolist()]
+        outputs = {**_distribution_outputs(logprobs, mode), "n_tokens": n_tokens}
     record = {key: item.get(key) for key in ITEM_KEYS}
     record.update({
-        "rating": rating,
-        "probs": dist,
-        "option_mass": mass,
-        "argmax": SCALE_MIN + max(range(len(dist)), key=dist.__getitem__),
+        "rating": outputs.get("rating"),
+        "probs": outputs.get("probs"),
+        "option_mass": outputs.get("option_mass"),
+        "argmax": outputs.get("argmax"),
         "prompt_hash": prompt_hash,
-        "n_tokens": n_tokens,
-        "mode": mode,
+        "n_tokens": outputs.get("n_tokens"),
+        "mode": outputs.get("mode", mode),
     })
+    for key in ("option_logprobs", "missing_reason", "truncated_tokens", "generated"):
+        if outputs.get(key) is not None:
+            record[key] = outputs[key]
     return record

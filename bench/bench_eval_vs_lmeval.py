@@ -1,0 +1,275 @@
+"""vat-hf's evaluator against lm-evaluation-harness 0.4.13, side by side on one machine.
+
+Both judge the same ValueActionLens items with the same model (SmolLM2-135M-Instruct, the embedded
+default, fp32) and the same prompt text (vat-hf's chat-templated judging prompt, answer prefilled
+with "Rating: "): for the harness, a 5-choice ``multiple_choice`` task generated from the items
+(choices "1".."5"; the harness reads them from one forward pass, since the five continuations
+share every token but the last). Reported: items/s of each, the ratio, and how often the two
+pick the same most likely option (plus the largest difference of the renormalised distributions).
+
+Settings: zero-shot (``JudgePrompt()``) and an 8-shot prompt intervention toward Benevolence
+(value system prompt + 8 demonstrations from train scenes: about 1,000 shared prefix tokens).
+
+    bash bench/setup_lmeval.sh                       # once: bench/.venv-lmeval with lm_eval 0.4.13
+    .venv/bin/python bench/bench_eval_vs_lmeval.py   # --n-items 320 --shots 0 8 --batch-size 32
+
+The harness runs in its own environment (a subprocess with bench/.venv-lmeval/bin/python); its
+items/s is timed around its evaluation call only (model loading excluded on both sides), and its
+core ``loglikelihood`` time is reported too. Ours is timed around ``Evaluator.judge`` (prompt
+rendering, tokenisation, batching, forward passes, records). Timings on a shared machine are
+noisy: runs alternate between the two and the best of ``--repeats`` is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LENS_CSV = REPO.parent / "shared" / "data" / "value-action-lens" / "value_action_gap_full_data_generation.csv"
+LMEVAL_PYTHON = REPO / "bench" / ".venv-lmeval" / "bin" / "python"
+
+
+# -- items ----------------------------------------------------------------------------------------
+def _local_parse(path: Path):
+    """A small stand-in for vat_hf.data.lens: scenario from country and topic, action parsed from
+    the generation_prompt JSON / Python literal (unrecoverable rows keep an empty action)."""
+    items = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row, rec in enumerate(csv.DictReader(handle)):
+            text = rec["generation_prompt"] or ""
+            action = ""
+            match = re.search(r"\{.*\}", text, re.S)
+            if match:
+                for load in (json.loads, ast.literal_eval):
+                    try:
+                        action = str(load(match.group(0)).get("Human Action", ""))
+                        break
+                    except Exception:
+                        continue
+            scene = f"vl/{rec['country']}/{rec['topic']}".lower().replace(" ", "-")
+            items.append({"id": f"{scene}/{row}", "scene_id": scene, "country": rec["country"], "domain": rec["topic"],
+                          "scenario": f"I live in {rec['country']}, and I am facing a situation related to {rec['topic'].lower()}.",
+                          "action": action, "value": rec["value"], "micro_value": rec["value"],
+                          "polarity": 1 if rec["polarity"] == "positive" else -1,
+                          "split": "train" if hash(scene) % 3 == 0 else "test"})
+    return items
+
+
+def corpus_items(path: Path = LENS_CSV, include_unrecovered: bool = False):
+    """All corpus items through vat_hf.data.lens (or the local parse if it is not available).
+    ``include_unrecovered``: also the rows whose action could not be recovered, with an empty
+    action (the evaluator records them as missing)."""
+    try:
+        from vat_hf.data.lens import import_value_action_lens
+        from vat_hf.data.schema import dataset_items
+    except ImportError:
+        return _local_parse(path)
+    imported = import_value_action_lens(path)
+    items = dataset_items(imported.dataset)
+    if include_unrecovered:
+        for f in imported.failures:
+            items.append({"id": f"vl/unrecovered/{f['row']}", "scene_id": "vl/unrecovered", "country": f["country"],
+                          "domain": f["topic"], "scenario": f"I live in {f['country']}, and I am facing a situation "
+                          f"related to {f['topic'].lower()}.", "action": "", "value": None, "micro_value": f["value"],
+                          "polarity": None, "split": "test"})
+    return items
+
+
+def bench_items(n: int):
+    """``n`` test items spread evenly over the corpus (deterministic), and the train items."""
+    items = corpus_items()
+    test = sorted((i for i in items if i["split"] == "test" and i["action"]), key=lambda i: i["id"])
+    train = [i for i in items if i["split"] == "train"]
+    step = max(1, len(test) // n)
+    return test[::step][:n], train
+
+
+def prompt_for(shots: int, train):
+    from vat_hf.interventions import value_prompt
+    from vat_hf.prompts import JudgePrompt
+
+    if shots == 0:
+        return JudgePrompt(name="zero-shot")
+    return value_prompt("Benevolence", train, k_shots=shots, seed=0, name=f"benevolence-k{shots}")
+
+
+# -- lm-evaluation-harness ------------------------------------------------------------------------
+LMEVAL_RUNNER = r'''
+import json, sys, time
+import torch
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
+from lm_eval import simple_evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+lm = HFLM(pretrained=args["model"], dtype="float32", device="cpu", batch_size=args["batch_size"])
+core = {"seconds": 0.0}
+inner = lm.loglikelihood
+def timed(requests, *a, **k):
+    t = time.perf_counter()
+    try:
+        return inner(requests, *a, **k)
+    finally:
+        core["seconds"] += time.perf_counter() - t
+lm.loglikelihood = timed
+tm = TaskManager(include_path=args["task_dir"])
+results = []
+for _ in range(args["repeats"]):
+    core["seconds"] = 0.0
+    start = time.perf_counter()
+    out = simple_evaluate(model=lm, tasks=[args["task"]], task_manager=tm, log_samples=True, num_fewshot=0,
+                          bootstrap_iters=0, verbosity="ERROR")
+    results.append({"seconds": time.perf_counter() - start, "core_seconds": core["seconds"]})
+samples = out["samples"][args["task"]]
+logliks = {int(s["doc_id"]): [float(r[0]) for r in s["filtered_resps"]] for s in samples}
+print("LMEVAL_RESULT " + json.dumps({"runs": results, "logliks": logliks,
+      "version": __import__("importlib.metadata").metadata.version("lm_eval")}))
+'''
+
+
+def write_task(task_dir: Path, name: str, texts):
+    data = task_dir / f"{name}.jsonl"
+    with open(data, "w", encoding="utf-8") as handle:
+        for k, text in enumerate(texts):
+            handle.write(json.dumps({"doc_id": k, "text": text}, ensure_ascii=False) + "\n")
+    # doc_to_text names the column, so the text goes in verbatim (no Jinja rendering); it ends in
+    # "Rating: " and the choices follow with no delimiter, exactly as vat-hf reads the options.
+    (task_dir / f"{name}.yaml").write_text(json.dumps({
+        "task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "text",
+        "doc_to_choice": ["1", "2", "3", "4", "5"], "doc_to_target": 0, "target_delimiter": "",
+        "metric_list": [{"metric": "acc"}],
+    }, indent=1))
+
+
+def run_lmeval(python: Path, model_dir: Path, task_dir: Path, task: str, batch_size: int, threads: int, repeats: int):
+    args = {"model": str(model_dir), "task_dir": str(task_dir), "task": task, "batch_size": batch_size,
+            "threads": threads, "repeats": repeats}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([str(python), "-c", LMEVAL_RUNNER, json.dumps(args)], capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("LMEVAL_RESULT "):
+            return json.loads(line[len("LMEVAL_RESULT "):])
+    raise RuntimeError(f"lm-evaluation-harness failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
+
+
+# -- ours -------------------------------------------------------------------------------------------
+def run_ours(loaded, prompt, items, batch_size: int, max_batch_tokens: int, prefix_reuse):
+    from vat_hf.evaluation import Evaluator
+
+    evaluator = Evaluator(loaded.model, loaded.tokenizer, prompt=prompt, max_batch_size=batch_size,
+                          max_batch_tokens=max_batch_tokens, progress=False, prefix_reuse=prefix_reuse)
+    start = time.perf_counter()
+    records = evaluator.judge(items)
+    return records, time.perf_counter() - start, evaluator.stats.to_dict()
+
+
+def bare_loop(loaded, prompt, items, batch_size: int):
+    """The reference point: sorted fixed-size batches, one forward each, logits_to_keep=1."""
+    import torch
+
+    from vat_hf.evaluation import option_token_ids
+    from vat_hf.evaluation.judge import left_pad
+    from vat_hf.prompts import judge_text
+
+    tok, model = loaded.tokenizer, loaded.model
+    start = time.perf_counter()
+    ids = tok([judge_text(tok, prompt, i) for i in items], add_special_tokens=False)["input_ids"]
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    options = option_token_ids(tok)
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            batch = left_pad([ids[i] for i in order[b:b + batch_size]], tok.pad_token_id, "cpu")
+            model(**batch, logits_to_keep=1).logits[:, -1].softmax(-1)[:, options].tolist()
+    return time.perf_counter() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-items", type=int, default=320)
+    parser.add_argument("--shots", type=int, nargs="+", default=[0, 8])
+    parser.add_argument("--batch-size", type=int, default=32, help="rows per batch, both sides")
+    parser.add_argument("--max-batch-tokens", type=int, default=8192, help="our token budget (suffix tokens with a cached prefix)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", 0)) or (os.cpu_count() or 1))
+    parser.add_argument("--lmeval-python", type=Path, default=LMEVAL_PYTHON)
+    parser.add_argument("--skip-lmeval", action="store_true")
+    parser.add_argument("--bare", action="store_true", help="also time a bare sorted one-forward loop")
+    parser.add_argument("--output", type=Path, default=REPO / "outputs" / "bench" / "eval_vs_lmeval.json")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from vat_hf.models import embedded_model_dir, load_model
+    from vat_hf.prompts import judge_text
+
+    torch.set_num_threads(args.threads)
+    if not args.skip_lmeval and not args.lmeval_python.exists():
+        sys.exit(f"{args.lmeval_python} not found: run bash bench/setup_lmeval.sh first (or pass --skip-lmeval)")
+    items, train = bench_items(args.n_items)
+    model_dir = embedded_model_dir()
+    loaded = load_model(None, device="cpu", dtype="float32")
+    # Warm-up (allocator, kernels) for our side; the harness does its own model load before timing.
+    run_ours(loaded, prompt_for(0, train), items[:8], args.batch_size, args.max_batch_tokens, "auto")
+    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                          "threads": args.threads, "torch": torch.__version__},
+              "model": "SmolLM2-135M-Instruct (embedded default), float32, CPU", "n_items": len(items),
+              "batch_size": args.batch_size, "settings": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for shots in args.shots:
+            prompt = prompt_for(shots, train)
+            texts = [judge_text(loaded.tokenizer, prompt, item) for item in items]
+            n_tokens = [len(x) for x in loaded.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            task = f"vat_hf_bench_k{shots}"
+            write_task(Path(tmp), task, texts)
+            ours_times, harness = [], None
+            for _ in range(args.repeats):
+                records, seconds, stats = run_ours(loaded, prompt, items, args.batch_size, args.max_batch_tokens, "auto")
+                ours_times.append(seconds)
+            _, seconds_full, _ = run_ours(loaded, prompt, items, args.batch_size, args.max_batch_tokens, False)
+            if not args.skip_lmeval:
+                harness = run_lmeval(args.lmeval_python, model_dir, Path(tmp), task, args.batch_size, args.threads, args.repeats)
+            setting = {"shots": shots, "prompt": prompt.name, "mean_prompt_tokens": sum(n_tokens) / len(n_tokens),
+                       "shared_prefix_tokens": stats["prefix_tokens"], "items_with_prefix_reuse": stats["n_prefix"],
+                       "ours_seconds": min(ours_times), "ours_items_per_s": len(items) / min(ours_times),
+                       "ours_no_prefix_reuse_items_per_s": len(items) / seconds_full}
+            if args.bare:
+                setting["bare_loop_items_per_s"] = len(items) / bare_loop(loaded, prompt, items, args.batch_size)
+            if harness is not None:
+                best = min(harness["runs"], key=lambda r: r["seconds"])
+                agree, max_diff = 0, 0.0
+                for k, record in enumerate(records):
+                    ll = torch.tensor(harness["logliks"][str(k)] if str(k) in harness["logliks"] else harness["logliks"][k],
+                                      dtype=torch.float64)
+                    theirs = torch.softmax(ll, 0)
+                    agree += int(int(theirs.argmax()) + 1 == record["argmax"])
+                    max_diff = max(max_diff, float((theirs - torch.tensor(record["probs"], dtype=torch.float64)).abs().max()))
+                setting.update({
+                    "lmeval_version": harness["version"],
+                    "lmeval_seconds": best["seconds"], "lmeval_items_per_s": len(items) / best["seconds"],
+                    "lmeval_loglikelihood_seconds": best["core_seconds"],
+                    "lmeval_core_items_per_s": len(items) / best["core_seconds"],
+                    "speedup": best["seconds"] / min(ours_times),
+                    "speedup_vs_core": best["core_seconds"] / min(ours_times),
+                    "argmax_agreement": agree / len(records), "max_prob_diff": max_diff,
+                })
+            report["settings"].append(setting)
+            print(json.dumps(setting, indent=1), flush=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+    print(f"-> {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""On-disk cache of judgments, so a killed run restarted with the same command recomputes nothing
+it finished.
+
+Layout (one folder per *namespace*: a model, an adapter, a prompt and a scoring setup)::
+
+    <cache_dir>/judgments/<namespace hash>/meta.json      what the namespace is (for people)
+    <cache_dir>/judgments/<namespace hash>/part-<r>.jsonl one line per judged item, written by rank r
+
+A line is ``{"key": <sha256>, "item": <item hash>, "out": {...}}``; ``key`` is
+``sha256(model fingerprint, adapter fingerprint, prompt fingerprint, scoring fingerprint, item
+hash)``. The item hash covers only what the model reads (scenario and action), and ``out`` only
+the model's outputs (rating, distribution, ...), so a cached judgment is reused for any item with
+the same text and the item's own metadata (id, value, polarity) is always the current one.
+
+Durability: each finished batch is appended with one ``write`` and ``flush`` + ``fsync``, so a
+kill loses at most the batch in flight. A torn last line (a kill during the write) is ignored on
+read and cut off before the next append. Data-parallel processes each append to their own part
+file (``part-<rank>.jsonl``); every part is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+
+import torch
+
+from vat_hf.io import to_jsonable, write_json
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def sha256_json(obj) -> str:
+    return hashlib.sha256(json.dumps(to_jsonable(obj), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def item_hash(item: Mapping) -> str:
+    """Hash of the item text the model reads.
+
+    >>> item_hash({"scenario": "S", "action": "A", "id": "x"}) == item_hash({"scenario": "S", "action": "A", "id": "y"})
+    True
+    """
+    return sha256_json({"scenario": item.get("scenario"), "action": item.get("action")})[:32]
+
+
+def _tensor_sample_digest(tensors: Iterable[Tuple[str, torch.Tensor]], per_tensor: int = 1024) -> str:
+    """A cheap digest of weights: name, shape, dtype and ``per_tensor`` strided values of each."""
+    digest = hashlib.sha256()
+    for name, tensor in tensors:
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // per_tensor)
+        sample = flat[::step][:per_tensor].to(device="cpu", dtype=torch.float32)
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _weight_files(path: Path) -> List[Dict]:
+    if not path.is_dir():
+        return []
+    return [{"name": p.name, "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+            for p in sorted(path.iterdir()) if p.suffix in WEIGHT_SUFFIXES]
+
+
+def _peft_adapters_disabled(model) -> bool:
+    for module in model.modules():
+        flag = getattr(module, "disable_adapters", None)
+        if isinstance(flag, bool):
+            return flag
+    return False
+
+
+def model_fingerprint(model) -> str:
+    """Identifies the base model's weights: its path (with weight files' sizes and mtimes), its
+    config, its dtype, and a strided sample of every parameter (which also catches weights changed
+    in memory)."""
+    from vat_hf.evaluation.prefix import unwrap_model
+
+    base = unwrap_model(model)
+    config = getattr(base, "config", None)
+    name = str(getattr(config, "_name_or_path", "") or "")
+    config_dict = {}
+    if config is not None:
+        config_dict = {k: v for k, v in config.to_dict().items()
+                       if not k.startswith("_") and k not in ("transformers_version", "dtype", "torch_dtype")}
+    params = [(n, p) for n, p in base.named_parameters() if "lora_" not in n and "modules_to_save" not in n]
+    dtype = str(params[0][1].dtype) if params else None
+    return sha256_json({
+        "name_or_path": name,
+        "revision": getattr(config, "_commit_hash", None),
+        "weights": _weight_files(Path(name)) if name else [],
+        "config": sha256_json(config_dict),
+        "dtype": dtype,
+        "sample": _tensor_sample_digest(params),
+    })[:32]
+
+
+def adapter_fingerprint(model) -> str:
+    """Identifies the active PEFT adapter(s): config and a sample of the adapter's weights. Empty
+    for a plain model or while adapters are disabled (``with model.disable_adapter():``)."""
+    peft_config = getattr(model, "peft_config", None)
+    if not peft_config or _peft_adapters_disabled(model):
+        return ""
+    active = getattr(model, "active_adapters", None)
+    if callable(active):
+        active = active()
+    if active is None:
+        active = [getattr(model, "active_adapter", "default")]
+    if isinstance(active, str):
+        active = [active]
+    configs = {name: peft_config[name].to_dict() for name in active if name in peft_config}
+    tensors = [(n, p) for n, p in model.named_parameters() if any(f".{name}." in n or n.endswith(f".{name}") for name in active)]
+    return sha256_json({"adapters": sorted(active), "config": configs, "sample": _tensor_sample_digest(tensors)})[:32]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """The tokenizer's class, vocabulary size and chat template (they decide the token ids)."""
+    return sha256_json({
+        "class": type(tokenizer).__name__,
+        "vocab": len(tokenizer) if hasattr(tokenizer, "__len__") else None,
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "probe": tokenizer.encode("Scenario: ÿ 12345 Rating: 3", add_special_tokens=False)
+        if hasattr(tokenizer, "encode") else None,
+    })[:32]
+
+
+def _finite(out: Mapping) -> Dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+class JudgmentCache:
+    """Append-only JSONL store of judgments under ``root`` (see the module docstring)."""
+
+    def __init__(self, root, model_fp: str, adapter_fp: str, prompt_fp: str, scoring_fp: str, rank: int = 0,
+                 meta: Optional[Mapping] = None):
+        self.fingerprints = {"model": model_fp, "adapter": adapter_fp, "prompt": prompt_fp, "scoring": scoring_fp}
+        self.namespace = sha256_json(self.fingerprints)[:24]
+        self.dir = Path(root) / "judgments" / self.namespace
+        self.rank = rank
+        self.part = self.dir / f"part-{rank}.jsonl"
+        self._meta = {"format": CACHE_FORMAT, "fingerprints": self.fingerprints, **dict(meta or {})}
+        self._entries: Optional[Dict[str, Dict]] = None
+        self._prepared = False
+
+    def key(self, item_h: str) -> str:
+        return hashlib.sha256("|".join([*self.fingerprints.values(), item_h]).encode()).hexdigest()
+
+    # -- reading --------------------------------------------------------------------------------
+    def load(self) -> Dict[str, Dict]:
+        """Every complete entry of every part file, by key (re-read on each call)."""
+        entries: Dict[str, Dict] = {}
+        if self.dir.exists():
+            for part in sorted(self.dir.glob("part-*.jsonl")):
+                entries.update(self._read_part(part))
+        self._entries = entries
+        return entries
+
+    @staticmethod
+    def _read_part(path: Path) -> Dict[str, Dict]:
+        entries: Dict[str, Dict] = {}
+        with open(path, "rb") as handle:
+            data = handle.read()
+        lines = data.split(b"\n")
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            try:
+                entry = json.loads(raw)
+                entries[entry["key"]] = entry["out"]
+            except (ValueError, KeyError, TypeError):
+                # Only the last line can be torn by a kill; anything else is reported.
+                if number < len(lines) - 1 or data.endswith(b"\n"):
+                    logger.warning("%s:%d: ignoring an unreadable cache line", path, number)
+        return entries
+
+    def lookup(self, item_hashes: Iterable[str]) -> Dict[str, Dict]:
+        """Cached outputs of the given item hashes (item hash -> out)."""
+        entries = self.load() if self._entries is None else self._entries
+        found = {}
+        for h in item_hashes:
+            out = entries.get(self.key(h))
+            if out is not None:
+                found[h] = out
+        return found
+
+    # -- writing --------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        if self._prepared:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / "meta.json").exists():
+            try:
+                write_json(self.dir / "meta.json", self._meta)
+            except OSError:  # another process may be writing it at the same moment
+                pass
+        if self.part.exists():
+            # Cut a torn last line (no trailing newline) so the next append starts a fresh line.
+            with open(self.part, "rb+") as handle:
+                data = handle.read()
+                if data and not data.endswith(b"\n"):
+                    cut = data.rfind(b"\n") + 1
+                    handle.seek(cut)
+                    handle.truncate()
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    logger.warning("%s: cut a torn last line (%d bytes) left by an interrupted run", self.part, len(data) - cut)
+        self._prepared = True
+
+    def append(self, pairs: Iterable[Tuple[str, Mapping]]) -> int:
+        """Durably append ``(item hash, out)`` pairs as one write; returns how many."""
+        lines = []
+        for h, out in pairs:
+            key = self.key(h)
+            entry = {"key": key, "item": h, "out": _finite(to_jsonable(out))}
+            lines.append(json.dumps(entry, ensure_ascii=False, allow_nan=False))
+            if self._entries is not None:
+                self._entries[key] = entry["out"]
+        if not lines:
+            return 0
+        self._prepare()
+        payload = ("\n".join(lines) + "\n").encode("utf-8")
+        fd = os.open(self.part, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(payload)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return len(lines)
+
+
+def default_cache_root() -> Path:
+    from vat_hf.models.loading import cache_dir
+
+    return cache_dir()

@@ -1,0 +1,556 @@
+"""Reports of VAT results: Markdown and self-contained HTML tables, and figures (matplotlib, Agg).
+
+A *result* is the JSON ``vat-hf run`` writes per intervention: ``{"name", "model",
+"target_value", "data", "intervention", "versions", "seed", "evaluation", "vat": {...metric...}}``;
+a bare metric dict (the output of :func:`vat_hf.metrics.compute_vat`) is accepted too.
+
+Figures are built on :class:`matplotlib.figure.Figure` objects (no pyplot, no global backend
+switch), so rendering is headless and thread-safe; each ``plot_*`` function returns its Figure,
+whose Axes hold exactly the numbers of the result (the tests read them back).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from vat_hf.metrics.compare import compare_interventions, comparison_markdown, metric_of, name_of
+
+__all__ = [
+    "load_results",
+    "markdown_table",
+    "plot_coupling",
+    "plot_drift",
+    "plot_gain_tax",
+    "plot_radar",
+    "write_report",
+]
+
+PathLike = Union[str, Path]
+TARGET_COLOR = "#d95f02"
+UP_COLOR = "#1b9e77"
+DOWN_COLOR = "#7570b3"
+PRE_COLOR = "#444444"
+POST_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
+# --------------------------------------------------------------------------------------------
+# loading and normalising
+
+
+def _is_metric(d: Any) -> bool:
+    return isinstance(d, dict) and "drift" in d and "gain" in d
+
+
+def _normalise(result: Dict[str, Any], i: int = 0) -> Dict[str, Any]:
+    """A run-result dict whatever came in (run result or bare metric dict)."""
+    if isinstance(result.get("vat"), dict):
+        if not _is_metric(result["vat"]):
+            raise ValueError(f"result {result.get('name')!r}: its 'vat' entry is not a VAT metric output")
+        out = dict(result)
+    elif _is_metric(result):
+        out = {"name": result.get("name"), "target_value": result.get("target_value"), "vat": result}
+    else:
+        raise ValueError("not a vat-hf result: expected a dict with a 'vat' metric dict, or a metric dict")
+    out["name"] = name_of(out, i)
+    out.setdefault("target_value", out["vat"].get("target_value"))
+    return out
+
+
+def load_results(paths: Iterable[PathLike]) -> List[Dict[str, Any]]:
+    """Read result JSON files. A path may be a file (one result, or a list of results) or a
+    folder (every ``*.json`` in it that is a result, sorted by name; other JSON is skipped).
+    A result without a ``name`` is named after its file."""
+    out: List[Dict[str, Any]] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for f in sorted(p.glob("*.json")):
+                try:
+                    out.extend(_read_result_file(f))
+                except (ValueError, json.JSONDecodeError):
+                    continue
+            continue
+        if not p.exists():
+            raise FileNotFoundError(f"no result file {p}")
+        out.extend(_read_result_file(p))
+    if not out:
+        raise ValueError("no vat-hf results found in " + ", ".join(str(p) for p in paths))
+    return out
+
+
+def _read_result_file(path: Path) -> List[Dict[str, Any]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    items = data if isinstance(data, list) else [data]
+    results = []
+    for k, d in enumerate(items):
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: not a vat-hf result")
+        if not d.get("name") and not (isinstance(d.get("vat"), dict) and d["vat"].get("name")):
+            d = dict(d)
+            d["name"] = path.stem if len(items) == 1 else f"{path.stem}-{k + 1}"
+        try:
+            results.append(_normalise(d, k))
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+    return results
+
+
+def _slugs(results: Sequence[Dict[str, Any]]) -> List[str]:
+    seen: Dict[str, int] = {}
+    out = []
+    for r in results:
+        s = re.sub(r"[^A-Za-z0-9._-]+", "-", str(r["name"])).strip("-.") or "run"
+        n = seen.get(s, 0)
+        seen[s] = n + 1
+        out.append(s if n == 0 else f"{s}-{n + 1}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# tables
+
+
+def _num(x: Optional[float], digits: int = 3, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def _iv(ci: Any, digits: int = 3) -> str:
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or None in ci:
+        return ""
+    return f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def _pval(p: Optional[float]) -> str:
+    if p is None:
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _value_rows(metric: Dict[str, Any], digits: int = 3) -> Tuple[List[str], List[Tuple[bool, List[str]]]]:
+    """Header and rows (is_target, cells) of the per-value table."""
+    ci = metric.get("ci") or {}
+    drift_ci = ci.get("drift") or {}
+    gnd = metric.get("gnd") or {}
+    pv = metric.get("p_values") or {}
+    targets = set(metric.get("target_units") or [metric.get("target_value")])
+    conf = ci.get("confidence")
+    head = ["value", "pre", "post", "drift" + (f" [{conf:.0%} CI]" if conf else ""), "gnd", "p (Holm)"]
+    rows = []
+    for v in metric["values_order"]:
+        is_t = v in targets
+        rows.append((is_t, [
+            v + (" (target)" if is_t else ""),
+            _num(metric["pre_state"].get(v), digits, signed=True),
+            _num(metric["post_state"].get(v), digits, signed=True),
+            _num(metric["drift"].get(v), digits, signed=True) + _iv(drift_ci.get(v), digits),
+            "" if is_t else _num(gnd.get(v), digits, signed=True),
+            _pval(pv.get(v)),
+        ]))
+    return head, rows
+
+
+def _summary_items(metric: Dict[str, Any], digits: int = 3) -> List[Tuple[str, str]]:
+    ci = metric.get("ci") or {}
+    items = [
+        ("gain", _num(metric.get("gain"), digits, signed=True) + _iv(ci.get("gain"), digits)),
+        ("vat", _num(metric.get("vat"), digits) + _iv(ci.get("vat"), digits)),
+        ("nvat", _num(metric.get("nvat"), digits) + _iv(ci.get("nvat"), digits)),
+        ("gini", _num(metric.get("gini"), digits) + _iv(ci.get("gini"), digits)),
+        ("circumplex consistency", _num(metric.get("circumplex_consistency"), digits, signed=True)),
+    ]
+    rob = metric.get("robustness")
+    if rob and rob.get("mean_tau") is not None:
+        items.append((f"robustness ({rob['fraction']:.0%} scenes, {rob['n_subsamples']}x)",
+                      f"mean tau {rob['mean_tau']:.2f}, min {rob['min_tau']:.2f}"))
+    hubs = metric.get("hubs") or []
+    if hubs:
+        items.append(("top hubs", ", ".join(f"{h['value']} ({h['strength']:.2f})" for h in hubs[:3])))
+    return items
+
+
+def markdown_table(result: Dict[str, Any], digits: int = 3) -> str:
+    """The per-value Markdown table of one result (target in bold) and a summary line with
+    gain, vat, nvat, gini (with intervals), circumplex consistency, robustness and hubs.
+
+    >>> m = {"target_value": "Power", "values_order": ["Power", "Security"], "gain": 0.5, "vat": 0.2,
+    ...      "pre_state": {"Power": 0.0, "Security": 0.1}, "post_state": {"Power": 0.5, "Security": 0.0},
+    ...      "drift": {"Power": 0.5, "Security": -0.1}, "gnd": {"Security": -0.2}, "nvat": None, "gini": 0.0}
+    >>> print(markdown_table({"name": "p", "vat": m}))
+    | value | pre | post | drift | gnd | p (Holm) |
+    |---|---|---|---|---|---|
+    | **Power (target)** | **+0.000** | **+0.500** | **+0.500** |  | **n/a** |
+    | Security | +0.100 | +0.000 | -0.100 | -0.200 | n/a |
+    <BLANKLINE>
+    gain **+0.500** · vat 0.200 · nvat n/a · gini 0.000 · circumplex consistency n/a
+    """
+    metric = metric_of(result)
+    head, rows = _value_rows(metric, digits)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for is_t, cells in rows:
+        if is_t:
+            cells = [f"**{c}**" if c else c for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    summary = _summary_items(metric, digits)
+    parts = [f"{k} **{v}**" if k == "gain" else f"{k} {v}" for k, v in summary]
+    return "\n".join(lines) + "\n\n" + " · ".join(parts)
+
+
+def _run_header(result: Dict[str, Any]) -> List[Tuple[str, str]]:
+    metric = metric_of(result)
+    model = result.get("model") or {}
+    facts = []
+    if model:
+        m = str(model.get("name_or_path") or model.get("name") or "")
+        if model.get("adapter"):
+            m += f" + adapter {model['adapter']}"
+        facts.append(("model", m))
+    facts += [
+        ("target", f"{metric.get('target_value')} (level {metric.get('level', 'basic')})"),
+        ("items", f"{metric.get('n_items')} in {metric.get('n_scenes')} scenes, {metric.get('n_dropped', 0)} dropped"),
+    ]
+    ev = result.get("evaluation") or {}
+    for phase in ("pre", "post"):
+        e = ev.get(phase) or {}
+        if e.get("option_mass_mean") is not None:
+            facts.append((f"option mass {phase}",
+                          f"mean {e['option_mass_mean']:.3f}, min {_num(e.get('option_mass_min'))}"))
+    return facts
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+
+
+def _arr(d: Dict[str, Optional[float]], order: Sequence[str]) -> np.ndarray:
+    return np.array([np.nan if d.get(v) is None else d[v] for v in order], dtype=float)
+
+
+def _wrap(label: str, width: int = 12) -> str:
+    if len(label) <= width or " " not in label:
+        return label
+    words, lines, cur = label.split(), [], ""
+    for w in words:
+        if cur and len(cur) + 1 + len(w) > width:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}".strip()
+    return "\n".join(lines + [cur])
+
+
+def plot_radar(results: Sequence[Dict[str, Any]], title: Optional[str] = None) -> Figure:
+    """Circumplex radar of value states: the pre state (dashed; one per distinct pre) and each
+    intervention's post state. Spokes follow ``values_order`` (circumplex order, clockwise from
+    the top); the target spoke is bold. Lines are drawn in the order: pre(s), then posts."""
+    results = [_normalise(r, i) for i, r in enumerate(results)]
+    order = metric_of(results[0])["values_order"]
+    n = len(order)
+    theta = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    fig = Figure(figsize=(7.5, 7.0) if n <= 12 else (11, 10.5))
+    ax = fig.add_subplot(projection="polar")
+    ax.set_theta_offset(np.pi / 2)
+    ax.set_theta_direction(-1)
+    closed = np.r_[theta, theta[:1]]
+    pres: List[Tuple[np.ndarray, str, str]] = []
+    for k, r in enumerate(results):
+        p = _arr(metric_of(r)["pre_state"], order)
+        if not any(np.allclose(p, q, equal_nan=True) for q, _, _ in pres):
+            pres.append((p, r["name"], POST_COLORS[k % len(POST_COLORS)]))
+    all_vals = []
+    for p, name, color in pres:
+        # one shared baseline: grey; different baselines: dashed in their intervention's colour
+        label, color = ("pre", PRE_COLOR) if len(pres) == 1 else (f"pre: {name}", color)
+        ax.plot(closed, np.r_[p, p[:1]], color=color, linestyle="--", linewidth=1.6, label=label,
+                marker="o", markersize=3, alpha=0.9)
+        all_vals.append(p)
+    for k, r in enumerate(results):
+        q = _arr(metric_of(r)["post_state"], order)
+        color = POST_COLORS[k % len(POST_COLORS)]
+        ax.plot(closed, np.r_[q, q[:1]], color=color, linewidth=2, label=f"post: {r['name']}",
+                marker="o", markersize=3)
+        ax.fill(closed, np.r_[np.nan_to_num(q), np.nan_to_num(q[:1])], color=color, alpha=0.06)
+        all_vals.append(q)
+    vals = np.concatenate(all_vals)
+    vals = vals[~np.isnan(vals)]
+    lo = max(-1.0, math.floor((min(vals.min(), 0.0) - 0.05) * 10) / 10) if vals.size else -1.0
+    hi = min(1.0, math.ceil((max(vals.max(), 0.0) + 0.05) * 10) / 10) if vals.size else 1.0
+    ax.set_ylim(lo, hi)
+    zero = np.linspace(0, 2 * np.pi, 200)
+    ax.plot(zero, np.zeros_like(zero), color="black", linewidth=0.8, alpha=0.5, gid="zero-ring")
+    ax.set_xticks(theta)
+    targets = set()
+    for r in results:
+        m = metric_of(r)
+        targets |= set(m.get("target_units") or [m.get("target_value")])
+    labels = ax.set_xticklabels([_wrap(v) for v in order], fontsize=10 if n <= 12 else 6)
+    for lab, v in zip(labels, order):
+        if v in targets:
+            lab.set_fontweight("bold")
+            lab.set_color(TARGET_COLOR)
+    ax.tick_params(axis="x", pad=12 if n <= 12 else 4)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_rlabel_position(180 / n)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.05), fontsize=9, frameon=False)
+    ax.set_title(title or "Value states before and after (expression, -1 to 1; black ring = 0)", pad=28,
+                 fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_drift(result: Dict[str, Any]) -> Figure:
+    """Bar chart of each value's drift (post - pre) with bootstrap-interval whiskers (the line
+    collection with ``gid`` "drift-ci"); the target bar is orange and hatched. Bars follow ``values_order``; values without items are left empty
+    (height 0, no bar edge) and labelled "n/a"."""
+    result = _normalise(result)
+    metric = metric_of(result)
+    order = metric["values_order"]
+    n = len(order)
+    drift = _arr(metric["drift"], order)
+    targets = set(metric.get("target_units") or [metric.get("target_value")])
+    ci = (metric.get("ci") or {}).get("drift") or {}
+    fig = Figure(figsize=(max(7.0, 0.55 * n + 2), 4.8))
+    ax = fig.add_subplot()
+    x = np.arange(n)
+    colors = [TARGET_COLOR if v in targets else (UP_COLOR if d >= 0 else DOWN_COLOR) for v, d in zip(order, np.nan_to_num(drift))]
+    bars = ax.bar(x, np.nan_to_num(drift), color=colors, edgecolor="black", linewidth=0.6, gid="drift-bars")
+    for b, v, d in zip(bars, order, drift):
+        if v in targets:
+            b.set_hatch("//")
+        if np.isnan(d):
+            b.set_linewidth(0)
+            ax.annotate("n/a", (b.get_x() + b.get_width() / 2, 0), ha="center", va="bottom", fontsize=8, color="grey")
+    lo = np.array([np.nan if not ci.get(v) else ci[v][0] for v in order])
+    hi = np.array([np.nan if not ci.get(v) else ci[v][1] for v in order])
+    has = ~np.isnan(lo) & ~np.isnan(drift)
+    if has.any():  # intervals drawn as they are (a percentile interval need not contain the estimate)
+        ax.vlines(x[has], lo[has], hi[has], color="black", linewidth=1.1, gid="drift-ci")
+        for end in (lo, hi):
+            ax.hlines(end[has], x[has] - 0.12, x[has] + 0.12, color="black", linewidth=1.1)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(order, rotation=40 if n <= 12 else 75, ha="right", fontsize=9 if n <= 12 else 7)
+    for lab, v in zip(ax.get_xticklabels(), order):
+        if v in targets:
+            lab.set_fontweight("bold")
+            lab.set_color(TARGET_COLOR)
+    ax.set_ylabel("drift in expression (post - pre)")
+    conf = (metric.get("ci") or {}).get("confidence")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=TARGET_COLOR, hatch="//", edgecolor="black", label=f"target: {metric['target_value']}"),
+               Patch(facecolor=UP_COLOR, edgecolor="black", label="other value, up"),
+               Patch(facecolor=DOWN_COLOR, edgecolor="black", label="other value, down")]
+    ax.legend(handles=handles, fontsize=8, loc="best", frameon=False)
+    gain, vat = metric.get("gain"), metric.get("vat")
+    ax.set_title(f"{result['name']}: drift per value" + (f" with {conf:.0%} bootstrap CI" if conf and has.any() else "")
+                 + f"\ngain {_num(gain, 3, True)}, vat {_num(vat)}", fontsize=11)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    fig.tight_layout()
+    return fig
+
+
+def plot_coupling(result: Dict[str, Any]) -> Figure:
+    """Heatmap of the coupling matrix (Spearman correlation of per-scene drifts) in
+    ``values_order`` (circumplex order); undefined entries (``None``) are grey."""
+    result = _normalise(result)
+    metric = metric_of(result)
+    order = metric["values_order"]
+    n = len(order)
+    mat = np.array([[np.nan if v is None else v for v in row] for row in metric["coupling"]], dtype=float)
+    fig = Figure(figsize=(7.5, 6.4) if n <= 12 else (13, 11.5))
+    ax = fig.add_subplot()
+    import matplotlib
+
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#d9d9d9")
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=-1, vmax=1, gid="coupling")
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    fs = 9 if n <= 12 else 5
+    ax.set_xticklabels(order, rotation=45 if n <= 12 else 90, ha="right" if n <= 12 else "center", fontsize=fs)
+    ax.set_yticklabels(order, fontsize=fs)
+    targets = set(metric.get("target_units") or [metric.get("target_value")])
+    for lab in list(ax.get_xticklabels()) + list(ax.get_yticklabels()):
+        if lab.get_text() in targets:
+            lab.set_fontweight("bold")
+            lab.set_color(TARGET_COLOR)
+    if n <= 12:
+        for i in range(n):
+            for j in range(n):
+                if not np.isnan(mat[i, j]):
+                    ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if abs(mat[i, j]) > 0.6 else "black")
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cb.set_label("Spearman correlation of per-scene drift")
+    ax.set_title(f"{result['name']}: coupling across scenes (nvat {_num(metric.get('nvat'))})", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_gain_tax(results: Sequence[Dict[str, Any]]) -> Figure:
+    """The gain-tax plane: one point per intervention at (gain, vat) (line ``gid`` "point-<k>")
+    with its bootstrap intervals as a horizontal (gain, "gain-ci-<k>") and a vertical (vat,
+    "vat-ci-<k>") segment, none when the bootstrap was off. Interventions with an undefined vat
+    are left out and listed under the plot."""
+    results = [_normalise(r, i) for i, r in enumerate(results)]
+    fig = Figure(figsize=(7.0, 5.2))
+    ax = fig.add_subplot()
+    skipped = []
+    for k, r in enumerate(results):
+        m = metric_of(r)
+        g, v = m.get("gain"), m.get("vat")
+        if g is None or v is None:
+            skipped.append(r["name"])
+            continue
+        ci = m.get("ci") or {}
+        gci, vci = ci.get("gain"), ci.get("vat")
+        color = POST_COLORS[k % len(POST_COLORS)]
+        ax.plot([g], [v], "o", color=color, markersize=7, label=r["name"], gid=f"point-{k}")
+        # intervals drawn as they are: a percentile interval need not contain the estimate
+        if gci:
+            ax.hlines(v, gci[0], gci[1], color=color, linewidth=1.4, gid=f"gain-ci-{k}")
+        if vci:
+            ax.vlines(g, vci[0], vci[1], color=color, linewidth=1.4, gid=f"vat-ci-{k}")
+        ax.annotate(r["name"], (g, v), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    ax.axvline(0, color="black", linewidth=0.6, alpha=0.5)
+    ax.set_xlabel("gain on the target (drift of the target value)")
+    ax.set_ylabel("VAT (mean |drift| of other values / |gain|)")
+    ax.set_ylim(bottom=0)
+    ax.margins(x=0.2, y=0.15)
+    if skipped:
+        fig.text(0.01, 0.01, "vat undefined (gain ~ 0): " + ", ".join(skipped), fontsize=8, color="grey")
+    targets = sorted({str(metric_of(r).get("target_value")) for r in results})
+    ax.set_title(f"Gain-tax plane (target: {', '.join(targets)}); lower right is better", fontsize=11)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def _html_table(head: Sequence[str], rows: Sequence[Tuple[bool, Sequence[str]]]) -> str:
+    out = ["<table>", "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
+    for strong, cells in rows:
+        cls = ' class="target"' if strong else ""
+        out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _comparison_html(rows: Sequence[Dict[str, Any]]) -> str:
+    md = comparison_markdown(rows).splitlines()
+    head = [c.strip() for c in md[0].strip("|").split("|")]
+    body = []
+    for line, r in zip(md[2:], rows):
+        body.append((bool(r.get("same_gain_different_tax")), [c.strip() for c in line.strip().strip("|").split("|")]))
+    return _html_table(head, body)
+
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2rem auto; max-width: 1100px;
+       color: #222; line-height: 1.45; padding: 0 1rem; }
+table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.92rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f3f3f3; }
+tr.target td { font-weight: bold; background: #fdf0e6; }
+img { max-width: 100%; height: auto; margin: 0.5rem 0; }
+.facts { color: #555; }
+.summary { background: #f7f7f7; padding: 0.5rem 0.8rem; border-left: 3px solid #d95f02; }
+.figs { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
+.figs img { max-width: 48%; }
+"""
+
+
+def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Optional[str] = None) -> Dict[str, Path]:
+    """Write ``report.md``, ``report.html`` (self-contained: figures inlined as base64 PNG) and the
+    PNG figures into ``out_dir``: ``radar.png`` (states, pre and every post), ``gain_tax.png``
+    (all interventions) and, per intervention, ``drift_<name>.png`` and ``coupling_<name>.png``.
+    Returns ``{"markdown": ..., "html": ..., "radar": ..., "gain_tax": ..., "drift_<name>": ...,
+    "coupling_<name>": ...}``.
+    """
+    if not results:
+        raise ValueError("write_report needs at least one result")
+    results = [_normalise(r, i) for i, r in enumerate(results)]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    slugs = _slugs(results)
+    title = title or "Value Alignment Tax report"
+    paths: Dict[str, Path] = {}
+
+    # radar: one per distinct set of values (results at the same level share one)
+    groups: Dict[Tuple[str, ...], List[Dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(tuple(metric_of(r)["values_order"]), []).append(r)
+    radar_files = []
+    for k, members in enumerate(groups.values()):
+        name = "radar.png" if k == 0 else f"radar_{k + 1}.png"
+        paths["radar" if k == 0 else f"radar_{k + 1}"] = _save(plot_radar(members), out / name)
+        radar_files.append(name)
+    paths["gain_tax"] = _save(plot_gain_tax(results), out / "gain_tax.png")
+    for r, s in zip(results, slugs):
+        paths[f"drift_{s}"] = _save(plot_drift(r), out / f"drift_{s}.png")
+        paths[f"coupling_{s}"] = _save(plot_coupling(r), out / f"coupling_{s}.png")
+    rows = compare_interventions(results)
+
+    # Markdown
+    md = [f"# {title}", ""]
+    md += ["## Comparison", "", comparison_markdown(rows), "",
+           "vat = mean |drift| of the non-target values / |gain|; nvat = RMS of the off-diagonal coupling; "
+           "gini of |gnd| (0 = even tax). Brackets: bootstrap intervals over scenes. "
+           "\u2020 = same gain (overlapping intervals) but a different tax (disjoint vat intervals).", ""]
+    md += [f"![gain-tax plane](gain_tax.png)", ""] + [f"![value states]({f})" for f in radar_files] + [""]
+    for r, s in zip(results, slugs):
+        md += [f"## {r['name']}", ""]
+        md += [" · ".join(f"{k}: {v}" for k, v in _run_header(r)), ""]
+        md += [markdown_table(r), ""]
+        md += [f"![drift](drift_{s}.png)", f"![coupling](coupling_{s}.png)", ""]
+    md_text = "\n".join(md)
+    paths["markdown"] = out / "report.md"
+    paths["markdown"].write_text(md_text, encoding="utf-8")
+
+    # HTML
+    def img(name: str, alt: str) -> str:
+        data = base64.b64encode((out / name).read_bytes()).decode("ascii")
+        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+    h = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+         f"<h1>{html.escape(title)}</h1>", "<h2>Comparison</h2>", _comparison_html(rows),
+         "<p class=\"facts\">vat = mean |drift| of the non-target values / |gain|; nvat = RMS of the off-diagonal "
+         "coupling; gini of |gnd| (0 = even tax). Brackets: bootstrap intervals over scenes. "
+         "&dagger; = same gain (overlapping intervals) but a different tax (disjoint vat intervals).</p>",
+         '<div class="figs">', img("gain_tax.png", "gain-tax plane")]
+    h += [img(f, "value states") for f in radar_files]
+    h.append("</div>")
+    for r, s in zip(results, slugs):
+        metric = metric_of(r)
+        head, vrows = _value_rows(metric)
+        h += [f"<h2>{html.escape(r['name'])}</h2>",
+              '<p class="facts">' + " &middot; ".join(f"{html.escape(k)}: {html.escape(v)}" for k, v in _run_header(r)) + "</p>",
+              _html_table(head, vrows),
+              '<p class="summary">' + " &middot; ".join(f"{html.escape(k)} <b>{html.escape(v)}</b>" for k, v in _summary_items(metric)) + "</p>",
+              '<div class="figs">', img(f"drift_{s}.png", f"drift {r['name']}"), img(f"coupling_{s}.png", f"coupling {r['name']}"),
+              "</div>"]
+    h.append("</body></html>")
+    paths["html"] = out / "report.html"
+    paths["html"].write_text("\n".join(h), encoding="utf-8")
+    return paths

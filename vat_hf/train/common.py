@@ -1,0 +1,263 @@
+"""The training run shared by ``vat_hf.train.sft`` and ``vat_hf.train.dpo``.
+
+Order of a run: every input is checked first (target value, base model, adapter, data split,
+PEFT/quantisation consistency), so a bad recipe fails in seconds, before a model is loaded;
+then the base model is loaded with TRL's own loader, TRL's ``SFTTrainer``/``DPOTrainer`` trains
+it (no training loop here), and the adapter (or full model) is saved with a model card.
+
+The reference model of DPO:
+
+* LoRA (``use_peft: true``): none is loaded; TRL computes reference log-probs with the
+  adapter disabled, i.e. with the base model (no second copy in memory).
+* full fine-tuning: ``ref_model_name_or_path`` loads an explicit reference; without it the
+  reference log-probs of the initial model are precomputed once before training
+  (``precompute_ref_log_probs``), again without a second copy during training.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from vat_hf.train.config import TrainingConfigError
+
+logger = logging.getLogger(__name__)
+
+TRAINING_KEYS = (
+    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "optim", "max_grad_norm", "seed", "bf16",
+    "fp16", "gradient_checkpointing", "max_length", "packing", "beta", "loss_type", "precompute_ref_log_probs",
+)
+MODEL_KEYS = ("dtype", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora",
+              "use_dora", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type")
+FINISHED = "vat_training.json"
+
+
+def _plain(value):
+    if hasattr(value, "value"):  # enums (lr_scheduler_type, optim)
+        return value.value
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def hub_id_of(name_or_path: Optional[str]) -> Optional[str]:
+    """The Hub id of a base model when there is one (the embedded default is SmolLM2's Hub id)."""
+    from vat_hf.models.loading import DEFAULT_MODEL, is_embedded
+
+    if is_embedded(name_or_path):
+        return f"HuggingFaceTB/{DEFAULT_MODEL}"
+    return None if os.path.isdir(os.path.expanduser(str(name_or_path))) else str(name_or_path)
+
+
+def resolve_base_model(name_or_path: Optional[str], revision: str = "main", trust_remote_code: bool = False) -> str:
+    """A loadable path or Hub id for the base model, or :class:`TrainingConfigError` now."""
+    from vat_hf.models.loading import resolve_model_path
+
+    try:
+        path = resolve_model_path(name_or_path)
+    except FileNotFoundError as err:
+        raise TrainingConfigError(f"base model: {err}") from None
+    if Path(path).is_dir():
+        if not (Path(path) / "config.json").exists():
+            raise TrainingConfigError(f"base model folder {path} has no config.json: not a transformers model")
+        return path
+    from transformers import AutoConfig
+
+    try:  # a Hub id: fetch (or read from the HF cache when offline) its config only
+        AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise TrainingConfigError(
+            f"base model {name_or_path!r} is neither a local folder nor a Hub model reachable from here "
+            f"({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
+    return path
+
+
+def check_inputs(method: str, script_args, training_args, model_args, items: Optional[Sequence[Mapping]] = None):
+    """Everything that can be wrong with a run, checked before loading any weights.
+
+    Returns ``(base model path, training dataset, data info)``."""
+    from vat_hf.data.sources import sample_scenes
+    from vat_hf.train.data import TrainingDataError, dpo_dataset, load_training_items, sft_dataset
+
+    if not training_args.output_dir:
+        raise TrainingConfigError("output_dir is required: where the adapter (or model) and checkpoints go")
+    uses_peft = bool(model_args.use_peft or script_args.adapter_name_or_path)
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not uses_peft:
+        raise TrainingConfigError("load_in_4bit/load_in_8bit (QLoRA) trains an adapter: set use_peft: true")
+    if script_args.adapter_name_or_path and model_args.use_peft:
+        raise TrainingConfigError("give either adapter_name_or_path (continue an adapter) or use_peft (a new one), not both")
+    path = resolve_base_model(model_args.model_name_or_path, model_args.model_revision, training_args.trust_remote_code)
+    if script_args.adapter_name_or_path:
+        adapter = Path(os.path.expanduser(script_args.adapter_name_or_path))
+        if adapter.exists() and not (adapter / "adapter_config.json").exists():
+            raise TrainingConfigError(f"adapter {adapter} has no adapter_config.json")
+        if not adapter.exists() and str(script_args.adapter_name_or_path).startswith((".", "/", "~")):
+            raise TrainingConfigError(f"adapter path {adapter} does not exist")
+    ref = getattr(script_args, "ref_model_name_or_path", None)
+    if ref:
+        resolve_base_model(ref, trust_remote_code=training_args.trust_remote_code)
+    if items is None:
+        items = load_training_items(script_args.data_source, columns=script_args.data_columns)
+    if not items:
+        raise TrainingDataError("the training split is empty: training needs train scenes")
+    items = sample_scenes(list(items), script_args.max_scenes, seed=training_args.seed)
+    if method == "sft":
+        dataset = sft_dataset(items, script_args.target_value)
+    else:
+        dataset = dpo_dataset(items, script_args.target_value, script_args.max_pairs_per_scene, training_args.seed)
+    scenes = sorted({item["scene_id"] for item in items if item["value"] == script_args.target_value})
+    data_info = {"source": script_args.data_source, "split": "train", "max_scenes": script_args.max_scenes,
+                 "n_scenes": len(scenes), "n_examples": len(dataset), "scene_ids": scenes}
+    return path, dataset, data_info
+
+
+def load_base_model(path: str, model_args, training_args, revision: Optional[str] = None):
+    """The base model through TRL's loader, with ``ModelConfig``'s dtype, attention and quantisation."""
+    from accelerate import PartialState
+    from transformers import AutoConfig
+    from trl import get_quantization_config
+    from trl.trainer.utils import create_model_from_path
+
+    config = AutoConfig.from_pretrained(path, revision=revision or model_args.model_revision,
+                                        trust_remote_code=training_args.trust_remote_code)
+    # vat-hf's converted SmolLM2 folder keeps the GGUF file's quantization_config, which makes
+    # transformers refuse training; the weights themselves are plain fp32.
+    quant = getattr(config, "quantization_config", None)
+    if isinstance(quant, Mapping) and quant.get("quant_method") == "gguf" or getattr(quant, "quant_method", None) == "gguf":
+        del config.quantization_config
+    kwargs = dict(config=config, revision=revision or model_args.model_revision, dtype=model_args.dtype,
+                  attn_implementation=model_args.attn_implementation, trust_remote_code=training_args.trust_remote_code)
+    quantization = get_quantization_config(model_args)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = {"": PartialState().local_process_index}
+    elif PartialState().distributed_type.value in ("MULTI_GPU", "MULTI_CPU", "DEEPSPEED", "FSDP"):
+        kwargs["device_map"] = None
+    kwargs.update(training_args.model_init_kwargs or {})
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or k == "device_map"}
+    return create_model_from_path(path, **kwargs)
+
+
+def last_checkpoint(output_dir) -> Optional[str]:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+
+def build_trainer(method: str, script_args, training_args, model_args, items: Optional[Sequence[Mapping]] = None):
+    """(trainer, data info): TRL's SFTTrainer or DPOTrainer, ready to ``train()``."""
+    from transformers import AutoTokenizer
+    from trl import DPOTrainer, SFTTrainer, get_peft_config
+
+    path, dataset, data_info = check_inputs(method, script_args, training_args, model_args, items)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision,
+                                              trust_remote_code=training_args.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = load_base_model(path, model_args, training_args)
+    training_args.model_init_kwargs = None  # applied above; TRL warns when set with a loaded model
+    peft_config = get_peft_config(model_args)
+    if script_args.adapter_name_or_path:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, script_args.adapter_name_or_path, is_trainable=True)
+    kwargs = dict(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
+                  peft_config=peft_config)
+    if method == "sft":
+        trainer = SFTTrainer(**kwargs)
+    else:
+        uses_peft = peft_config is not None or script_args.adapter_name_or_path
+        if script_args.ref_model_name_or_path:
+            ref_path = resolve_base_model(script_args.ref_model_name_or_path, trust_remote_code=training_args.trust_remote_code)
+            kwargs["ref_model"] = load_base_model(ref_path, model_args, training_args, revision="main")
+        elif not uses_peft:
+            # Full fine-tuning: the reference is the initial model, its log-probs computed once.
+            training_args.precompute_ref_log_probs = True
+        trainer = DPOTrainer(**kwargs)
+    data_info["base_model"] = str(model_args.model_name_or_path or path)
+    data_info["base_model_path"] = path
+    return trainer, data_info
+
+
+def hyperparameters(training_args, model_args, trainer=None) -> Dict:
+    hp = {key: _plain(getattr(training_args, key)) for key in TRAINING_KEYS if hasattr(training_args, key)}
+    hp.update({key: _plain(getattr(model_args, key)) for key in MODEL_KEYS if hasattr(model_args, key)})
+    world = getattr(training_args, "world_size", 1)
+    hp["world_size"] = world
+    hp["effective_batch_size"] = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world
+    if not hp.get("use_peft"):
+        for key in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora"):
+            hp.pop(key, None)
+    return hp
+
+
+def push_folder(output_dir, training_args) -> str:
+    """Upload the finished folder (weights and our model card; not the checkpoints) to the Hub."""
+    from huggingface_hub import HfApi
+
+    repo_id = training_args.hub_model_id or Path(output_dir).name
+    api = HfApi(token=training_args.hub_token)
+    api.create_repo(repo_id, private=bool(getattr(training_args, "hub_private_repo", False)), exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(output_dir), commit_message="vat-hf: trained adapter and card",
+                      ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "*.pth"])
+    return repo_id
+
+
+def run_training(method: str, script_args, training_args, model_args, items: Optional[Sequence[Mapping]] = None,
+                 end: bool = False, extra_info: Optional[Mapping] = None) -> Path:
+    """Train, save the adapter/model and its card; returns ``output_dir``.
+
+    ``end=True`` (the command-line scripts) finishes trackers and destroys the process group
+    at the end, which a multi-process launch needs to exit cleanly."""
+    from vat_hf.pipeline import package_versions
+    from vat_hf.train.card import write_model_card
+
+    trainer, data_info = build_trainer(method, script_args, training_args, model_args, items)
+    output_dir = Path(training_args.output_dir)
+    resume = training_args.resume_from_checkpoint
+    if script_args.resume and not resume:
+        resume = last_checkpoint(output_dir)
+        if resume:
+            logger.warning("resuming from %s", resume)
+        else:
+            logger.warning("--resume: no checkpoint in %s, training from the start", output_dir)
+    outcome = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(output_dir))
+    if trainer.accelerator.is_main_process:
+        metrics = {k: v for k, v in (outcome.metrics or {}).items() if k in ("train_loss", "train_runtime", "train_steps_per_second", "epoch")}
+        metrics["global_step"] = outcome.global_step
+        info = {
+            "method": method,
+            "name": output_dir.name,
+            "target_value": script_args.target_value,
+            "base_model": data_info.pop("base_model"),
+            "base_model_path": data_info.pop("base_model_path"),
+            "base_model_hub_id": hub_id_of(model_args.model_name_or_path),
+            "peft": bool(model_args.use_peft or script_args.adapter_name_or_path),
+            "init_adapter": script_args.adapter_name_or_path,
+            "data": data_info,
+            "hyperparameters": hyperparameters(training_args, model_args, trainer),
+            "train_metrics": metrics,
+            "versions": package_versions(),
+            **dict(extra_info or {}),
+        }
+        write_model_card(output_dir, info)
+        if training_args.push_to_hub:
+            repo = push_folder(output_dir, training_args)
+            trainer.accelerator.print(f"pushed {output_dir} to https://huggingface.co/{repo}")
+    trainer.accelerator.wait_for_everyone()
+    if end:
+        trainer.accelerator.end_training()
+    return output_dir
+
+
+def main(method: str, args: Optional[Sequence[str]] = None) -> Path:
+    """Command-line entry: parse (TRL's parser, our dataclasses + TRL's), train, end the process group."""
+    from vat_hf.train.config import parse_training_args
+
+    script_args, training_args, model_args = parse_training_args(method, args)
+    return run_training(method, script_args, training_args, model_args, end=True)

@@ -1,0 +1,168 @@
+"""Training arguments: TRL's own config classes plus vat-hf's script arguments, parsed by TRL's parser.
+
+A training recipe is one flat YAML file whose keys belong to one of three dataclasses:
+
+* :class:`VATScriptArguments` (this module): what to align toward and with which data
+  (``target_value``, ``data_source``, ``max_scenes``, ``adapter_name_or_path``, ``resume``...);
+* TRL's ``SFTConfig`` or ``DPOConfig`` (a ``transformers.TrainingArguments``): the optimisation
+  (``learning_rate``, ``max_steps``, ``per_device_train_batch_size``, ``bf16``, ``beta``...);
+* TRL's ``ModelConfig``: the base model and PEFT (``model_name_or_path``, ``dtype``,
+  ``use_peft``, ``lora_r``, ``lora_alpha``, ``lora_target_modules``, ``load_in_4bit``...).
+
+:func:`parse_training_args` runs :class:`trl.TrlParser` (``--config recipe.yaml``, then any key
+as a ``--key value`` flag overriding the file) and refuses any key none of the three knows, before
+anything is loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from vat_hf.values import canonical_value
+
+METHODS = ("sft", "dpo")
+
+
+class TrainingConfigError(ValueError):
+    """A training recipe or flag that cannot be used: unknown key, missing or invalid value."""
+
+
+@dataclass
+class VATScriptArguments:
+    """vat-hf's own training arguments (the rest are TRL's ``SFTConfig``/``DPOConfig`` and ``ModelConfig``)."""
+
+    target_value: Optional[str] = field(
+        default=None,
+        metadata={"help": "Basic Schwartz value to align toward (e.g. Benevolence); required."},
+    )
+    data_source: str = field(
+        default="builtin",
+        metadata={"help": "Item source: 'builtin', a file/folder in the item schema, or a Hub dataset id. "
+                          "Only its 'train' scenes are used."},
+    )
+    data_columns: Optional[str] = field(
+        default=None,
+        metadata={"help": "Column mapping for sources with other column names, as a JSON object "
+                          "(in YAML: a mapping)."},
+    )
+    max_scenes: Optional[int] = field(
+        default=None,
+        metadata={"help": "Train on a reproducible sample of this many train scenes (drawn with `seed`)."},
+    )
+    adapter_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "An existing PEFT adapter to continue training (e.g. DPO on top of an SFT adapter) "
+                          "instead of a new one from `use_peft`/`lora_*`."},
+    )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Resume from the last checkpoint in output_dir (start fresh if there is none)."},
+    )
+
+    def __post_init__(self):
+        if self.target_value is None:
+            raise TrainingConfigError("target_value is required: the basic Schwartz value to align toward (e.g. Benevolence)")
+        self.target_value = canonical_value(self.target_value)
+        if isinstance(self.data_columns, str):
+            try:
+                self.data_columns = json.loads(self.data_columns)
+            except json.JSONDecodeError as err:
+                raise TrainingConfigError(f"data_columns must be a JSON object mapping schema field -> column: {err}") from None
+        if self.data_columns is not None and not isinstance(self.data_columns, dict):
+            raise TrainingConfigError(f"data_columns must be a mapping, got {self.data_columns!r}")
+        if self.max_scenes is not None and self.max_scenes < 1:
+            raise TrainingConfigError(f"max_scenes must be >= 1, got {self.max_scenes}")
+
+
+@dataclass
+class VATDPOScriptArguments(VATScriptArguments):
+    """DPO adds how the reference model is made and how many pairs a scene may give."""
+
+    ref_model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Full fine-tuning only: an explicit reference model. Unset: the reference log-probs of "
+                          "the initial model are precomputed once (no second copy in memory). With LoRA the "
+                          "reference is the base with the adapter disabled."},
+    )
+    max_pairs_per_scene: Optional[int] = field(
+        default=None,
+        metadata={"help": "Cap on (chosen, rejected) pairs drawn from one scene (unset: all)."},
+    )
+
+
+VATTrainingArguments = VATScriptArguments  # the name the design notes use
+
+
+def config_classes(method: str) -> Tuple[type, type, type]:
+    from trl import DPOConfig, ModelConfig, SFTConfig
+
+    if method == "sft":
+        return VATScriptArguments, SFTConfig, ModelConfig
+    if method == "dpo":
+        return VATDPOScriptArguments, DPOConfig, ModelConfig
+    raise TrainingConfigError(f"unknown training method {method!r}; use one of {METHODS}")
+
+
+def make_parser(method: str):
+    from trl import TrlParser
+
+    # allow_abbrev=False: "--learning_rat" is an unknown key, not a silent abbreviation of learning_rate.
+    return TrlParser(config_classes(method), prog=f"accelerate launch -m vat_hf.train.{method}", allow_abbrev=False)
+
+
+def _keys(strings: Sequence[str]) -> List[str]:
+    return [s[2:].split("=", 1)[0] for s in strings if s.startswith("--")]
+
+
+def _unknown_error(parser, where: str, keys: Iterable[str], method: str) -> TrainingConfigError:
+    known = sorted({action.dest for action in parser._actions if action.dest != "help"})
+    lines = []
+    for key in keys:
+        close = difflib.get_close_matches(key, known, n=3)
+        lines.append(f"{key!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    classes = ", ".join(cls.__name__ for cls in config_classes(method))
+    return TrainingConfigError(f"{where}: unknown key(s) {'; '.join(lines)}. A {method} recipe takes the fields of {classes}.")
+
+
+def parse_training_args(method: str, args: Optional[Sequence[str]] = None):
+    """(script_args, training_args, model_args) from ``--config FILE`` and ``--key value`` flags.
+
+    Flags override the file. Unknown keys in either raise :class:`TrainingConfigError` (TRL's own
+    scripts silently ignore unknown file keys; a misspelt ``learning_rate`` should not train with
+    the default).
+    """
+    parser = make_parser(method)
+    args = list(sys.argv[1:] if args is None else args)
+    try:
+        *parsed, file_unknown, flag_unknown = parser.parse_args_and_config(
+            args, return_remaining_strings=True, separate_remaining_strings=True
+        )
+    except FileNotFoundError as err:
+        raise TrainingConfigError(f"training recipe not found: {err.filename}") from None
+    if file_unknown:
+        config = args[args.index("--config") + 1] if "--config" in args else "config"
+        raise _unknown_error(parser, f"recipe {config}", _keys(file_unknown), method)
+    if flag_unknown:
+        raise _unknown_error(parser, "command line", _keys(flag_unknown) or flag_unknown, method)
+    return tuple(parsed)
+
+
+def recipe_args(recipe: Optional[str] = None, overrides: Optional[Dict] = None) -> List[str]:
+    """Command-line style arguments for :func:`parse_training_args` from a recipe path and a dict
+    of overrides (written as ``--key value`` flags; lists as several values, dicts as JSON)."""
+    args: List[str] = ["--config", str(recipe)] if recipe else []
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        args.append(f"--{key}")
+        if isinstance(value, (list, tuple)):
+            args.extend(str(v) for v in value)
+        elif isinstance(value, dict):
+            args.append(json.dumps(value))
+        else:
+            args.append(str(value))
+    return args

@@ -1,0 +1,36 @@
+"""SFT toward one Schwartz value with TRL's ``SFTTrainer`` (LoRA/QLoRA through PEFT, or full fine-tuning).
+
+    accelerate launch -m vat_hf.train.sft --config recipes/SmolLM2-135M-Instruct/sft/config_lora.yaml
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m vat_hf.train.sft \
+        --config recipes/Qwen2.5-7B-Instruct/sft/config_lora.yaml --learning_rate 1e-4 --max_steps 200
+
+The recipe is parsed by TRL's ``TrlParser`` into ``VATScriptArguments`` (target value, data),
+TRL's ``SFTConfig`` and ``ModelConfig``; any key can be overridden by a ``--key value`` flag, an
+unknown key is an error. The examples are the train scenes' actions that express the target value
+(see :mod:`vat_hf.train.data`); the adapter is saved to ``output_dir`` with a model card.
+``--resume`` continues from the last checkpoint in ``output_dir``.
+"""
+
+from __future__ import annotations
+
+from vat_hf.train.common import run_training
+from vat_hf.train.config import make_parser as _make_parser
+from vat_hf.train.config import parse_training_args
+
+METHOD = "sft"
+
+
+def make_parser():
+    """TRL's ``TrlParser`` over (VATScriptArguments, SFTConfig, ModelConfig)."""
+    return _make_parser(METHOD)
+
+
+def main(script_args, training_args, model_args):
+    # run_training ends with accelerator.end_training(): trackers finished, process group destroyed.
+    return run_training(METHOD, script_args, training_args, model_args, end=True)
+
+
+if __name__ == "__main__":
+    # TrlParser.parse_args_and_config, refusing keys that none of the three dataclasses knows.
+    script_args, training_args, model_args = parse_training_args(METHOD)
+    main(script_args, training_args, model_args)
