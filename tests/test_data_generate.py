@@ -212,3 +212,21 @@ def test_tiny_random_model_garbage_is_rejected_and_recorded(tiny_model, tmp_path
     assert len(list((tmp_path / "res" / "scenes").glob("*.jsonl"))) == 1
     resumed = build_items(cfg2, tmp_path / "res", generator=gen, scenarios=scenarios, progress=False)
     assert resumed.failures == reference.failures and resumed.dataset.to_list() == reference.dataset.to_list()
+
+
+def test_cli_build_with_the_tiny_model(tiny_model_dir, tmp_path, one_thread):
+    from typer.testing import CliRunner
+
+    from vat_hf.data.cli import app
+
+    scenarios = tmp_path / "scenarios.jsonl"
+    scenarios.write_text(json.dumps({"country": "Kenya", "domain": "Work", "scenario": "Amina finds a billing error in her favour."}) + "\n")
+    args = ["build", "-o", str(tmp_path / "b"), "--generator", str(tiny_model_dir), "--values", "Benevolence,Power",
+            "--scenarios", str(scenarios), "--max-retries", "0", "--max-new-tokens-actions", "8", "--device", "cpu",
+            "--dtype", "float32"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "generations rejected" in res.output
+    meta = read_json(tmp_path / "b" / "items.meta.json")
+    assert meta["stats"] == {"scenes": 1, "scenes_kept": 0, "items": 0, "rejected_generations": 2, "gave_up": 1}
+    assert meta["generator"] == str(tiny_model_dir) and meta["values"] == ["Benevolence", "Power"]

@@ -72,6 +72,15 @@ def test_column_mapping_on_each_format(tmp_path, fmt):
     assert len(set(items["id"])) == 6
 
 
+def test_same_named_columns_need_no_mapping(tmp_path):
+    rows = [{"country": r["Country"], "topic": r["Topic"], "value": r["Item"], "polarity": r["Label"], "scenario": r["Situation"],
+             "action": r["Act"]} for r in FOREIGN]
+    path = tmp_path / "near_schema.jsonl"
+    datasets.Dataset.from_list(rows).to_json(path, lines=True)
+    items = load_mapped(path, {"domain": "topic"})
+    assert items[0]["domain"] == "Work" and items[0]["micro_value"] == "Honest" and len(items) == 6
+
+
 def test_mapping_from_yaml_and_flags_agree(tmp_path):
     from vat_hf.data.cli import _mapping
 

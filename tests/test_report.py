@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from matplotlib.container import BarContainer
 
-from vat_hf.metrics import VATWarning, compute_vat
+from vat_hf.metrics import VATWarning, compare_interventions, compute_vat
 from vat_hf.report import (
     load_results,
     markdown_table,
@@ -86,6 +86,8 @@ def test_write_report_files(results, tmp_path):
     assert html.count('src="data:image/png;base64,') == n_png  # self-contained
     assert not re.search(r'src="(?!data:)', html) and "<link" not in html
     assert html.count('<tr class="target">') == 2 and "Toward Benevolence" in html
+    flagged = [r for r in compare_interventions(results) if r["same_gain_different_tax"]]
+    assert html.count('<tr class="flag">') == len(flagged)
     # the numbers in the tables are the metric's
     m = results[1]["vat"]
     assert f"gain **{m['gain']:+.3f} [{m['ci']['gain'][0]:.3f}, {m['ci']['gain'][1]:.3f}]**" in md

@@ -23,6 +23,12 @@ app = typer.Typer(help="Measure the Value Alignment Tax of aligning a language m
 console = Console()
 
 
+def _print_text(text: str) -> None:
+    """Print Markdown tables as they are: no wrapping (it breaks table rows), no rich markup
+    (a confidence interval "[0.1, 0.2]" is not a style tag)."""
+    console.print(text, soft_wrap=True, markup=False, highlight=False)
+
+
 def _add_subcommands() -> None:
     try:
         from vat_hf.data.cli import app as data_app
@@ -100,7 +106,7 @@ def score(
     from vat_hf.report import markdown_table
 
     result = score_judgments(read_jsonl(pre), read_jsonl(post), target_value, n_bootstrap=n_bootstrap, level=level, seed=seed)
-    console.print(markdown_table({"name": post.stem, "target_value": result["target_value"], "vat": result}))
+    _print_text(markdown_table({"name": post.stem, "target_value": result["target_value"], "vat": result}))
     if output:
         write_json(output, result)
         console.print(f"VAT result -> {output}")
@@ -118,7 +124,7 @@ def run(
 
     outcome = run_experiment(recipe, output_dir=output_dir, max_scenes=max_scenes)
     for result in outcome["results"]:
-        console.print(markdown_table(result))
+        _print_text(markdown_table(result))
     for kind, path in outcome["report"].items():
         console.print(f"report {kind}: {path}")
 

@@ -16,7 +16,11 @@ PathLike = Union[str, os.PathLike]
 
 
 def to_jsonable(obj: Any) -> Any:
-    """numpy scalars/arrays to Python, NaN/inf to None (JSON has no NaN)."""
+    """numpy scalars/arrays to Python, NaN/inf to None (JSON has no NaN).
+
+    >>> to_jsonable({"a": np.float32(0.5), "b": [np.nan, np.int64(2)], "c": np.arange(2)})
+    {'a': 0.5, 'b': [None, 2], 'c': [0, 1]}
+    """
     if isinstance(obj, Mapping):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -251,6 +251,12 @@ class ExperimentRunner:
         needs_train = any(spec.type != "prompt" or spec.k_shots > 0 for spec in cfg.interventions)
         train_items = load_items(cfg.data.source, split="train", seed=cfg.seed, columns=cfg.data.columns) if needs_train else []
         logger.info("%d %s items from %s", len(items), cfg.data.split, cfg.data.source)
+        if any(spec.type != "prompt" for spec in cfg.interventions):
+            from vat_hf.train import check_intervention  # a bad training recipe fails now, not after the evaluations
+
+            for spec in cfg.interventions:
+                if spec.type != "prompt":
+                    check_intervention(spec, cfg, self.out / "adapters" / spec.name)
         baseline = self.evaluate("baseline", items, JudgePrompt(name="baseline"))
         baseline_summary = summarize(baseline).to_dict()
         results = []
@@ -273,6 +279,10 @@ class ExperimentRunner:
                 "vat": vat,
             }
             write_json(self.out / "results" / f"{spec.name}.json", result)
+            if adapter:  # the trained adapter's model card gets its VAT result
+                from vat_hf.train.card import add_vat_result
+
+                add_vat_result(adapter, result["vat"])
             results.append(read_json(self.out / "results" / f"{spec.name}.json"))
         report_paths = {}
         if results:

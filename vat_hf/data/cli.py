@@ -149,18 +149,19 @@ def build_cmd(
     device: Optional[str] = typer.Option(None),
 ):
     """Build a new item set in two stages with a generator model (scenarios, then actions)."""
-    from vat_hf.data.generate import build_items
+    from vat_hf.data.generate import BuildConfig, build_items
     from vat_hf.io import read_jsonl
 
     given = read_jsonl(scenarios) if scenarios else None
+    overrides = {"generator": generator, "countries": _split_list(countries), "domains": _split_list(domains),
+                 "values": _split_list(values), "scenarios_per_pair": scenarios_per_pair, "seed": seed,
+                 "temperature": temperature, "top_p": top_p, "max_new_tokens_scenarios": max_new_tokens_scenarios,
+                 "max_new_tokens_actions": max_new_tokens_actions, "max_retries": max_retries, "batch_size": batch_size,
+                 "dtype": dtype, "device": device}
     try:
-        result = build_items(
-            config, output, scenarios=given, generator=None,
-            **{"generator": generator, "countries": _split_list(countries), "domains": _split_list(domains),
-               "values": _split_list(values), "scenarios_per_pair": scenarios_per_pair, "seed": seed,
-               "temperature": temperature, "top_p": top_p, "max_new_tokens_scenarios": max_new_tokens_scenarios,
-               "max_new_tokens_actions": max_new_tokens_actions, "max_retries": max_retries, "batch_size": batch_size,
-               "dtype": dtype, "device": device})
+        cfg = BuildConfig.from_yaml(config) if config else BuildConfig()
+        cfg = BuildConfig.from_dict({**cfg.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
+        result = build_items(cfg, output, scenarios=given)
     except ValueError as err:
         _fail(str(err))
     stats = result.metadata["stats"]

@@ -13,6 +13,7 @@ flags) says which of their columns holds each of our fields::
   ``support``/``violate`` (also ``pos``/``neg``, ``against``); ``polarity_values`` adds more.
 * ``value`` may hold basic values or value-survey items (``value_kind: auto``, the default, takes
   either; an item also fills ``micro_value``).
+* A field with a column of its own name needs no mapping (``country`` -> ``country``).
 * Fields without a column: ``scenario`` from ``scenario_template``; ``scene_id`` from country, domain
   and the scenario text; ``id`` from the scene, value and polarity; ``split`` per scene from ``seed``
   and ``train_fraction`` (:func:`assign_splits`); any other field from ``constants``.
@@ -42,18 +43,14 @@ from vat_hf.data.schema import FIELDS, ITEM_FEATURES, SPLITS, ItemValidationErro
 from vat_hf.values import (BASIC_VALUES, MICRO_VALUES, VALUES, UnknownValueError, _key, canonical_micro_value,
                            canonical_value)
 
+from vat_hf import CITATION, PAPER_URL
+
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "vat_hf_metadata.json"
 FAILURES_FILE = "failures.jsonl"
 DEFAULT_TRAIN_FRACTION = 1 / 3
-VAT_CITATION = """@inproceedings{chen2026valuealignmenttax,
-  title     = {Value Alignment Tax: Measuring Value Trade-offs in LLM Alignment},
-  author    = {Chen, Jiajun and Shen, Hua},
-  booktitle = {Findings of the Association for Computational Linguistics: ACL 2026},
-  year      = {2026},
-  url       = {https://arxiv.org/abs/2602.12134}
-}"""
+VAT_CITATION = CITATION
 
 # ---------------------------------------------------------------------------------------------
 # Splits, polarity, values
@@ -68,7 +65,7 @@ def assign_splits(scene_ids: Iterable[str], seed: int = 0, train_fraction: float
     scene sits in exactly one split. The default fraction, 1/3, matches the built-in set.
 
     >>> assign_splits(["a", "b", "c"], seed=0)
-    {'a': 'test', 'b': 'test', 'c': 'train'}
+    {'a': 'train', 'b': 'test', 'c': 'test'}
     """
     if not 0.0 <= train_fraction <= 1.0:
         raise ValueError(f"train_fraction must be within [0, 1], got {train_fraction}")
@@ -415,15 +412,17 @@ def map_items(raw: datasets.Dataset, mapping: Union[ColumnMapping, Mapping, str,
     """
     mapping = ColumnMapping.coerce(mapping)
     columns = raw.column_names
+    # a field with a column of its own name needs no mapping
+    same = {f: f for f in FIELDS if f in columns and f not in mapping.columns and f not in mapping.constants}
+    if same:
+        mapping = ColumnMapping.from_dict({**mapping.to_dict(), "columns": {**same, **mapping.columns}})
     for ours, theirs in mapping.columns.items():
         if theirs not in columns:
             raise ColumnMappingError(None, ours, theirs, f"no such column; the source has {columns}",
                                      f"map {ours!r} to one of those columns (--map {ours}=COLUMN)")
     for needed in ("country", "domain", "action", "polarity"):
         if needed not in mapping.columns and needed not in mapping.constants:
-            guess = needed if needed in columns else None
-            hint = f" (the source has a {guess!r} column: map it with --map {needed}={guess})" if guess else ""
-            raise ColumnMappingError(None, needed, None, f"no column is mapped to {needed!r}{hint}; the source has {columns}",
+            raise ColumnMappingError(None, needed, None, f"no column is mapped to {needed!r}; the source has {columns}",
                                      f"add '{needed}: <column>' under columns:, or a constant under constants:")
     if not ({"value", "micro_value"} & (set(mapping.columns) | set(mapping.constants))):
         raise ColumnMappingError(None, "value", None, f"no column is mapped to 'value' or 'micro_value'; the source has {columns}",
@@ -677,7 +676,8 @@ def dataset_card(ds: datasets.Dataset, metadata: Optional[Mapping[str, Any]] = N
         "Scenario–action items for measuring the **Value Alignment Tax** (VAT): how aligning a language model toward "
         "one Schwartz value moves its judgments of actions tied to the other values. Each item is one action in one "
         "concrete scene, tied to one basic value, either expressing it (`polarity = +1`) or going against it "
-        "(`polarity = -1`). Made with [vat-hf](https://arxiv.org/abs/2602.12134) "
+        "(`polarity = -1`). Made with vat-hf for the Value Alignment Tax "
+        f"([Chen & Shen, 2026]({PAPER_URL})) "
         f"(version {meta.get('vat_hf_version', '?')}).",
         "",
         f"**{len(ds)} items** in **{len(set(ds['scene_id']))} scenes**; countries: "

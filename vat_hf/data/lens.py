@@ -426,8 +426,3 @@ def import_value_action_lens(
         logger.warning("value-action corpus: %d of %d rows could not be recovered (first: row %d, %s)",
                        len(failures), n_rows, failures[0]["row"], failures[0]["reason"])
     return LensImport(dataset=dataset, failures=failures, n_rows=n_rows, metadata=metadata, methods=methods, seconds=seconds)
-
-
-def failure_table(failures: List[Dict[str, Any]]) -> List[Tuple[int, str]]:
-    """``(row, reason)`` pairs, for printing."""
-    return [(f["row"], f["reason"]) for f in failures]

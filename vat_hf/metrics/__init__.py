@@ -1,6 +1,8 @@
 """The Value Alignment Tax metric (math in :mod:`vat_hf.metrics.core`, comparison of
 interventions in :mod:`vat_hf.metrics.compare`, an ``evaluate`` module in ``metrics/vat/``)."""
 
+from pathlib import Path as _Path
+
 from vat_hf.metrics.core import (
     GAIN_EPS,
     LEVELS,
@@ -16,8 +18,6 @@ from vat_hf.metrics.core import (
 from vat_hf.metrics.compare import comparison_markdown, compare_interventions
 
 #: Folder of the ``evaluate`` module: ``evaluate.load(str(VAT_MODULE_PATH))``.
-from pathlib import Path as _Path
-
 VAT_MODULE_PATH = _Path(__file__).resolve().parent / "vat"
 
 __all__ = [

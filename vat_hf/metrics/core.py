@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from scipy import stats
 
+from vat_hf.io import to_jsonable  # re-exported: one JSON conversion for the package
 from vat_hf.values import (
     BASIC_VALUES,
     HIGHER_ORDER_GROUPS,
@@ -170,27 +171,6 @@ def _f(x) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Recursively turn numpy scalars/arrays into Python numbers/lists and NaN/inf into ``None``.
-
-    >>> to_jsonable({"a": np.float32(0.5), "b": [np.nan, np.int64(2)], "c": np.arange(2)})
-    {'a': 0.5, 'b': [None, 2], 'c': [0, 1]}
-    """
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _f(obj)
-    return obj
-
-
 # --------------------------------------------------------------------------------------------
 # coupling: batched pairwise-complete Spearman
 
@@ -215,12 +195,18 @@ def _weighted_ranks(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """
     order = np.argsort(x, kind="stable")
     xs = x[order]
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    g = np.add.reduceat(w[order], starts, axis=0)  # multiplicity of each distinct value
-    rg = np.cumsum(g, axis=0) - g + (g + 1.0) / 2.0
-    grp = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, xs.size]))
-    r = np.empty_like(w)
-    r[order] = rg[grp]
+    cs = np.cumsum(w[order], axis=0)  # weight up to and including each sorted scene
+    new = np.r_[True, xs[1:] != xs[:-1]]
+    if new.all():  # no ties: rank = weight strictly below + (own weight + 1) / 2
+        rs = cs - 0.5 * w[order] + 0.5
+    else:  # ties share the group's mean rank: (weight below group + weight through group + 1) / 2
+        starts = np.flatnonzero(new)
+        ends = np.r_[starts[1:], xs.size] - 1
+        grp = np.cumsum(new) - 1
+        below = np.where((starts > 0)[:, None], cs[np.maximum(starts - 1, 0)], 0.0)
+        rs = ((below + cs[ends] + 1.0) / 2.0)[grp]
+    r = np.empty_like(rs)
+    r[order] = rs
     return r
 
 
@@ -252,32 +238,33 @@ def _coupling_batch(xs: np.ndarray, counts: np.ndarray, pairs=None, chunk_elems:
         groups.setdefault(key, []).append((i, j))
         masks[key] = m
     counts_t = np.ascontiguousarray(np.asarray(counts, dtype=float).T)  # S x B: scenes on axis 0
+    prepared = []
     for key, gpairs in groups.items():
-        m = masks[key]
         units = sorted({u for p in gpairs for u in p})
         pos = {u: a for a, u in enumerate(units)}
-        gi = np.array([pos[i] for i, _ in gpairs])
-        gj = np.array([pos[j] for _, j in gpairs])
-        ui = np.array([i for i, _ in gpairs])
-        uj = np.array([j for _, j in gpairs])
-        x = xs[m][:, units]  # (k, u)
-        step = max(1, chunk_elems // max(1, x.size))
-        for b0 in range(0, B, step):
-            w = counts_t[m, b0:b0 + step]  # (k, b) multiplicities of the mask's scenes
+        prepared.append((masks[key], units, np.array([pos[i] for i, _ in gpairs]),
+                         np.array([pos[j] for _, j in gpairs]), np.array([i for i, _ in gpairs]),
+                         np.array([j for _, j in gpairs])))
+    step = max(1, chunk_elems // max(1, S * U))
+    for b0 in range(0, B, step):
+        w_all = counts_t[:, b0:b0 + step]  # (S, b)
+        b = w_all.shape[1]
+        for m, units, gi, gj, ui, uj in prepared:
+            w = w_all[m]  # (k, b) multiplicities of the mask's scenes
             kb = w.sum(axis=0)
             sw = np.sqrt(w)
             half = (kb + 1.0) / 2.0
-            rc = np.stack([(_weighted_ranks(x[:, a], w) - half) * sw for a in range(len(units))])  # (u, k, b)
-            if len(gpairs) > 3:
+            rc = np.stack([(_weighted_ranks(xs[m, u], w) - half) * sw for u in units])  # (u, k, b)
+            if len(gi) > 3:
                 r3 = np.ascontiguousarray(rc.transpose(2, 0, 1))  # (b, u, k)
                 cross = np.matmul(r3, r3.transpose(0, 2, 1))  # (b, u, u) weighted co-moments
             else:
-                cross = np.zeros((w.shape[1], len(units), len(units)))
+                cross = np.zeros((b, len(units), len(units)))
                 for a in range(len(units)):
                     cross[:, a, a] = np.einsum("tb,tb->b", rc[a], rc[a])
                 for a, c in zip(gi, gj):
                     cross[:, a, c] = np.einsum("tb,tb->b", rc[a], rc[c])
-            _store_pairs(rho, kk, slice(b0, b0 + step), cross, kb, gi, gj, ui, uj)
+            _store_pairs(rho, kk, slice(b0, b0 + b), cross, kb, gi, gj, ui, uj)
     return rho, kk
 
 

@@ -319,7 +319,7 @@ def plot_drift(result: Dict[str, Any]) -> Figure:
     drift = _arr(metric["drift"], order)
     targets = set(metric.get("target_units") or [metric.get("target_value")])
     ci = (metric.get("ci") or {}).get("drift") or {}
-    fig = Figure(figsize=(max(7.0, 0.55 * n + 2), 4.8))
+    fig = Figure(figsize=(min(18.0, max(7.0, 0.55 * n + 2)), 4.8 if n <= 12 else 6.0))
     ax = fig.add_subplot()
     x = np.arange(n)
     colors = [TARGET_COLOR if v in targets else (UP_COLOR if d >= 0 else DOWN_COLOR) for v, d in zip(order, np.nan_to_num(drift))]
@@ -431,7 +431,9 @@ def plot_gain_tax(results: Sequence[Dict[str, Any]]) -> Figure:
     if skipped:
         fig.text(0.01, 0.01, "vat undefined (gain ~ 0): " + ", ".join(skipped), fontsize=8, color="grey")
     targets = sorted({str(metric_of(r).get("target_value")) for r in results})
-    ax.set_title(f"Gain-tax plane (target: {', '.join(targets)}); lower right is better", fontsize=11)
+    confs = sorted({(metric_of(r).get("ci") or {}).get("confidence") for r in results} - {None})
+    note = f"\nlines: {', '.join(f'{c:.0%}' for c in confs)} bootstrap intervals of gain and vat" if confs else ""
+    ax.set_title(f"Gain-tax plane (target: {', '.join(targets)}); lower right is better{note}", fontsize=11)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -446,10 +448,10 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _html_table(head: Sequence[str], rows: Sequence[Tuple[bool, Sequence[str]]]) -> str:
+def _html_table(head: Sequence[str], rows: Sequence[Tuple[bool, Sequence[str]]], mark: str = "target") -> str:
     out = ["<table>", "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
     for strong, cells in rows:
-        cls = ' class="target"' if strong else ""
+        cls = f' class="{mark}"' if strong else ""
         out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
@@ -461,7 +463,7 @@ def _comparison_html(rows: Sequence[Dict[str, Any]]) -> str:
     body = []
     for line, r in zip(md[2:], rows):
         body.append((bool(r.get("same_gain_different_tax")), [c.strip() for c in line.strip().strip("|").split("|")]))
-    return _html_table(head, body)
+    return _html_table(head, body, mark="flag")
 
 
 _CSS = """
@@ -472,6 +474,7 @@ th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f3f3f3; }
 tr.target td { font-weight: bold; background: #fdf0e6; }
+tr.flag td { background: #eef4fb; }
 img { max-width: 100%; height: auto; margin: 0.5rem 0; }
 .facts { color: #555; }
 .summary { background: #f7f7f7; padding: 0.5rem 0.8rem; border-left: 3px solid #d95f02; }

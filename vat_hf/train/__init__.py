@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "TrainingConfigError", "TrainingDataError", "VATDPOScriptArguments", "VATScriptArguments", "VATTrainingArguments",
-    "add_vat_result", "dpo_dataset", "dpo_pairs", "make_parser", "parse_training_args", "read_training_info",
+    "add_vat_result", "check_intervention", "dpo_dataset", "dpo_pairs", "make_parser", "parse_training_args", "read_training_info",
     "run_training", "sft_dataset", "sft_examples", "train_intervention", "write_model_card",
 ]
 
@@ -97,6 +98,30 @@ def resolved_recipe(spec, experiment_config, output_dir) -> dict:
     return config
 
 
+def _parse_resolved(method: str, config: Mapping, path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    return parse_training_args(method, ["--config", str(path)])
+
+
+def check_intervention(spec, experiment_config, output_dir):
+    """Resolve and parse an intervention's training recipe without training: `vat-hf run` calls
+    it for every sft/dpo intervention before its first evaluation, so an unknown key, a bad value,
+    a missing recipe or base model fails in seconds."""
+    from vat_hf.train.common import resolve_base_model
+
+    config = resolved_recipe(spec, experiment_config, output_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        resolved = Path(tmp) / RESOLVED_RECIPE
+        try:
+            script_args, training_args, model_args = _parse_resolved(spec.type, config, resolved)
+        except TrainingConfigError as err:
+            where = f"intervention {spec.name!r} (recipe {spec.recipe} with overrides {dict(spec.overrides or {})})"
+            raise TrainingConfigError(str(err).replace(f"recipe {resolved}", where)) from None
+    resolve_base_model(model_args.model_name_or_path, model_args.model_revision, training_args.trust_remote_code)
+    return script_args, training_args, model_args
+
+
 def train_intervention(spec, experiment_config, train_items: Sequence[Mapping], output_dir) -> Path:
     """Train one ``sft``/``dpo`` intervention in this process and return its adapter folder.
 
@@ -120,10 +145,7 @@ def train_intervention(spec, experiment_config, train_items: Sequence[Mapping], 
             "would be mixed up with the new one's. Remove that folder (and judgments/" f"{spec.name}.jsonl) or give the "
             "intervention a new name"
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    recipe_path = output_dir / RESOLVED_RECIPE
-    recipe_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    script_args, training_args, model_args = parse_training_args(method, ["--config", str(recipe_path)])
+    script_args, training_args, model_args = _parse_resolved(method, config, output_dir / RESOLVED_RECIPE)
     script_args.resume = True  # an interrupted run continues from its last checkpoint (fresh if none)
     extra = {"fingerprint": fp, "intervention": spec.name, "recipe": str(spec.recipe), "overrides": dict(spec.overrides or {})}
     return run_training(method, script_args, training_args, model_args, items=train_items, end=False, extra_info=extra)

@@ -75,7 +75,7 @@ def render_card(info: Mapping) -> str:
     lines += [f"# {title}", ""]
     kind = "A LoRA adapter" if peft else "A fully fine-tuned model"
     lines += [f"{kind} trained with {METHOD_NAMES.get(method, method)} to align `{base}` toward the Schwartz value "
-              f"**{info['target_value']}**, made by [vat-hf](https://github.com/) to measure the Value Alignment Tax "
+              f"**{info['target_value']}**, made by vat-hf to measure the Value Alignment Tax "
               "(the gain on the target value against the drift of the others).", ""]
     if peft:
         lines += ["Load it on the base model without merging:", "",

@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 
 TRAINING_KEYS = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "optim", "max_grad_norm", "seed", "bf16",
-    "fp16", "gradient_checkpointing", "max_length", "packing", "beta", "loss_type", "precompute_ref_log_probs",
+    "lr_scheduler_type", "warmup_steps", "weight_decay", "optim", "max_grad_norm", "seed", "bf16",
+    "fp16", "activation_checkpointing", "max_length", "packing", "beta", "loss_type", "precompute_ref_log_probs",
 )
 MODEL_KEYS = ("dtype", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora",
               "use_dora", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type")
@@ -189,6 +189,11 @@ def hyperparameters(training_args, model_args, trainer=None) -> Dict:
     world = getattr(training_args, "world_size", 1)
     hp["world_size"] = world
     hp["effective_batch_size"] = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world
+    if hp.get("max_steps", -1) > 0:
+        hp.pop("num_train_epochs", None)
+    if not (hp.get("load_in_4bit") or hp.get("load_in_8bit")):
+        for key in ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type"):
+            hp.pop(key, None)
     if not hp.get("use_peft"):
         for key in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora"):
             hp.pop(key, None)
@@ -242,6 +247,9 @@ def run_training(method: str, script_args, training_args, model_args, items: Opt
             "data": data_info,
             "hyperparameters": hyperparameters(training_args, model_args, trainer),
             "train_metrics": metrics,
+            "resumed_from": resume,
+            "distributed": {"type": trainer.accelerator.distributed_type.value,
+                            "num_processes": trainer.accelerator.num_processes},
             "versions": package_versions(),
             **dict(extra_info or {}),
         }

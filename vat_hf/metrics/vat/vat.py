@@ -8,16 +8,10 @@ copies this script into its module cache, so it must not import siblings by rela
 import datasets
 import evaluate
 
+from vat_hf import CITATION, PAPER_URL
 from vat_hf.metrics.core import compute_vat
 
-_CITATION = """\
-@inproceedings{chen-shen-2026-vat,
-    title = "The Value Alignment Tax: Measuring Value Side Effects of Aligning Language Models toward One Value",
-    author = "Chen and Shen",
-    booktitle = "Findings of the Association for Computational Linguistics: ACL 2026",
-    year = "2026",
-}
-"""
+_CITATION = CITATION
 
 _DESCRIPTION = """\
 The Value Alignment Tax (VAT) measures what aligning a model toward one Schwartz value costs the
@@ -87,7 +81,7 @@ class VAT(evaluate.Metric):
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=[features("string"), features("int64")],
-            reference_urls=["https://github.com/vat-hf/vat-hf"],
+            reference_urls=[PAPER_URL],
         )
 
     def _fill_micro(self, kwargs):
