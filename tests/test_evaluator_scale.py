@@ -65,6 +65,7 @@ def test_sorted_token_budget_batches_equal_one_by_one(sharp_model):
     single = one_by_one(sharp_model, JudgePrompt(), its)
     assert [r["id"] for r in batched] == [i["id"] for i in its]
     assert max_diff(batched, single) < TOL
+    assert max(abs(a["rating"] - b["rating"]) for a, b in zip(batched, single)) < TOL
     assert max(abs(a["option_mass"] - b["option_mass"]) for a, b in zip(batched, single)) < TOL
     # The distributions differ between items, so the comparison is not vacuous.
     assert max_diff(single[:1] * len(single), single) > 1e-3
@@ -83,6 +84,7 @@ def test_prefix_reuse_equals_full_reencoding(sharp_model):
     assert ev.stats.tokens_read < sum(len(e) for e in encoded) - 8 * ev.stats.prefix_tokens
     full = one_by_one(sharp_model, prompt, its)
     assert max_diff(reused, full) < TOL
+    assert max(abs(a["rating"] - b["rating"]) for a, b in zip(reused, full)) < TOL
     assert max(abs(a["option_mass"] - b["option_mass"]) / b["option_mass"] for a, b in zip(reused, full)) < TOL
 
 
@@ -313,8 +315,8 @@ def test_killed_run_resumes_recomputing_only_missing_items(tiny_model, tiny_mode
     finally:
         Evaluator._forward = original
     assert resumed_ev.stats.n_cached == 4 and resumed_ev.stats.n_computed == 8
-    check_rows = 2 if not resumed_ev._prefix_checked or resumed_ev.stats.n_prefix else 0
-    assert counted["rows"] in (8, 8 + check_rows)  # the 8 missing items (and the one-time prefix check)
+    # The 8 missing items, plus the one-time prefix check (one item, with and without the prefix).
+    assert counted["rows"] == 8 + (2 if resumed_ev.stats.n_prefix else 0)
     uninterrupted = Evaluator(tiny_model.model, tiny_model.tokenizer, max_batch_size=2, progress=False).judge(its)
     assert [r["id"] for r in resumed] == [r["id"] for r in uninterrupted]
     assert max_diff(resumed, uninterrupted) < 1e-5
@@ -324,3 +326,50 @@ def test_killed_run_resumes_recomputing_only_missing_items(tiny_model, tiny_mode
     # A third run computes nothing.
     third = Evaluator(tiny_model.model, tiny_model.tokenizer, cache_dir=cache_dir, progress=False)
     assert third.judge(its) == resumed and third.stats.n_computed == 0
+
+
+# -- command line, logs and results -------------------------------------------------------------
+
+def test_vat_hf_eval_writes_judgments_samples_and_results(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from vat_hf.cli import app
+    from vat_hf.io import read_json, read_jsonl
+
+    out = tmp_path / "run" / "judgments.jsonl"
+    args = ["eval", "--model", str(tiny_model_dir), "--max-scenes", "1", "--dtype", "float32", "-o", str(out),
+            "--log-samples", "--cache-dir", str(tmp_path / "cache"), "--target-value", "Power", "--k-shots", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    records = read_jsonl(out)
+    samples = read_jsonl(out.parent / "samples_judgments.jsonl")
+    results = read_json(out.parent / "results_judgments.json")
+    assert len(records) == len(samples) == results["summary"]["n_items"] == 20
+    assert samples[0]["item"]["id"] == records[0]["id"] and len(samples[0]["prompt_hash"]) == 64
+    assert samples[0]["probs"] == records[0]["probs"] and len(samples[0]["option_logprobs"]) == 5
+    assert results["config"]["k_shots"] == 2 and results["seed"] == 0 and results["mode"] == "logprob"
+    assert results["versions"]["transformers"] and results["prompt"]["fingerprint"] == records[0]["prompt_hash"]
+    assert results["stats"]["n_computed"] == 20 and results["stats"]["prefix_tokens"] > 100
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0
+    assert read_json(out.parent / "results_judgments.json")["stats"]["n_cached"] == 20
+    missing = CliRunner().invoke(app, ["eval", "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "nope"),
+                                       "-o", str(out)])
+    assert missing.exit_code != 0 and "adapter path" in str(missing.exception)
+
+
+def test_vllm_backend_says_how_to_install_vllm(monkeypatch):
+    import builtins
+
+    from vat_hf.evaluation import vllm_backend
+
+    real_import = builtins.__import__
+
+    def no_vllm(name, *args, **kwargs):
+        if name == "vllm" or name.startswith("vllm."):
+            raise ImportError("No module named 'vllm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_vllm)
+    with pytest.raises(ImportError, match=r"pip install 'vat-hf\[vllm\]'"):
+        vllm_backend.VLLMEvaluator("some/model")

@@ -89,3 +89,27 @@ def test_trajectory_sample_is_fixed_test_items_in_whole_scenes():
     assert len({i["scene_id"] for i in a}) == 5  # 20 items per scene
     with pytest.raises(ValueError, match="'test' items only"):
         sample_items(load_builtin(), 10)
+
+
+def test_trajectory_figure_draws_the_logged_numbers(tmp_path):
+    from vat_hf.report import plot_trajectory, write_report
+    from vat_hf.metrics.core import compute_vat
+
+    onsets = {"Power": (30, -1), "Hedonism": (70, 1), "Benevolence": (10, 1)}
+    rows = synthetic_trajectory(onsets)
+    for row in rows:
+        row["gain"] = row["drift"]["Benevolence"]
+        row["vat"] = None if row["gain"] == 0 else (abs(row["drift"]["Power"]) + abs(row["drift"]["Hedonism"])) / 2 / row["gain"]
+        row["gain_ci"] = row["drift_ci"]["Benevolence"]
+    result = {"name": "dpo", "target_value": "Benevolence", "trajectory": rows, "drift_onset": drift_onset(rows)}
+    fig = plot_trajectory(result)
+    lines = {line.get_gid(): line for ax in fig.axes for line in ax.get_lines() if line.get_gid()}
+    assert list(lines["gain"].get_xdata()) == list(range(0, 110, 10))
+    assert list(lines["gain"].get_ydata()) == [r["gain"] for r in rows]
+    assert list(lines["drift-Power"].get_ydata()) == [r["drift"]["Power"] for r in rows]
+    # Inside a full report: the figure is written and the onset sentence is in the Markdown.
+    metric = compute_vat(pre=[3, 3, 3, 3], post=[4, 3, 3, 2], value=["Benevolence"] * 2 + ["Power"] * 2,
+                         polarity=[1, -1, 1, -1], scene=["a", "a", "a", "a"], target_value="Benevolence", n_bootstrap=0)
+    paths = write_report([{**result, "vat": metric}], tmp_path)
+    assert paths["trajectory_dpo"].stat().st_size > 10_000
+    assert "Power at step 30" in paths["markdown"].read_text()

@@ -11,6 +11,7 @@ Layout of ``output_dir``::
     config.json                 the resolved experiment config
     judgments/baseline.jsonl    per-item records of the base model
     judgments/<name>.jsonl      per-item records after each intervention
+    cache/judgments/            the evaluator's judgment cache (a stage killed part-way resumes)
     results/<name>.json         the result of each intervention (config, versions, seed, metric)
     report/                     report.md, report.html, figures
 """
@@ -219,8 +220,11 @@ class ExperimentRunner:
     def _judge(self, model, items, prompt):
         from vat_hf.evaluation import Evaluator
 
+        # The judgment cache under output_dir makes an evaluation killed part-way resume where it
+        # stopped (finished stages are reused whole by _reusable).
         evaluator = Evaluator(model, self.loaded.tokenizer, prompt=prompt, max_batch_tokens=self.config.eval.max_batch_tokens,
-                              max_batch_size=self.config.eval.max_batch_size, progress=self.progress)
+                              max_batch_size=self.config.eval.max_batch_size, progress=self.progress,
+                              cache_dir=self.out / "cache")
         return evaluator.judge(items)
 
     # -- interventions ---------------------------------------------------------------------
@@ -278,6 +282,12 @@ class ExperimentRunner:
                               "post": str(self.out / "judgments" / f"{spec.name}.jsonl")},
                 "vat": vat,
             }
+            trajectory_file = Path(adapter) / "trajectory.jsonl" if adapter else None
+            if trajectory_file is not None and trajectory_file.exists():
+                from vat_hf.train.trajectory import drift_onset
+
+                result["trajectory"] = read_jsonl(trajectory_file)
+                result["drift_onset"] = drift_onset(result["trajectory"])
             write_json(self.out / "results" / f"{spec.name}.json", result)
             if adapter:  # the trained adapter's model card gets its VAT result
                 from vat_hf.train.card import add_vat_result

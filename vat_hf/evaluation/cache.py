@@ -55,10 +55,13 @@ def _tensor_sample_digest(tensors: Iterable[Tuple[str, torch.Tensor]], per_tenso
     """A cheap digest of weights: name, shape, dtype and ``per_tensor`` strided values of each."""
     digest = hashlib.sha256()
     for name, tensor in tensors:
-        flat = tensor.detach().reshape(-1)
-        step = max(1, flat.numel() // per_tensor)
-        sample = flat[::step][:per_tensor].to(device="cpu", dtype=torch.float32)
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        try:
+            flat = tensor.detach().reshape(-1)
+            step = max(1, flat.numel() // per_tensor)
+            sample = flat[::step][:per_tensor].to(device="cpu", dtype=torch.float32)
+        except (RuntimeError, NotImplementedError):  # meta / offloaded weights: shape and dtype only
+            continue
         digest.update(sample.numpy().tobytes())
     return digest.hexdigest()
 

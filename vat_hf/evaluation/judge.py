@@ -159,16 +159,26 @@ OUTPUT_KEYS = ("rating", "probs", "option_mass", "option_logprobs", "argmax", "n
 
 
 def _distribution_outputs(logprobs: Sequence[float], mode: str) -> Dict:
-    """Rating outputs from the five options' log-probabilities (full-vocabulary log-softmax)."""
-    lp = torch.tensor(list(logprobs), dtype=torch.float64)
-    mass = float(lp.exp().sum())
-    dist = torch.softmax(lp, dim=0).tolist() if torch.isfinite(lp).any() else [math.nan] * len(OPTIONS)
-    rating = float(sum((SCALE_MIN + k) * p for k, p in enumerate(dist)))
+    """Rating outputs from the five options' log-probabilities (full-vocabulary log-softmax).
+
+    >>> out = _distribution_outputs([math.log(0.1), math.log(0.3), -math.inf, math.log(0.1), math.log(0.5)], "logprob")
+    >>> [round(p, 3) for p in out["probs"]], round(out["option_mass"], 3), round(out["rating"], 3), out["argmax"]
+    ([0.1, 0.3, 0.0, 0.1, 0.5], 1.0, 3.6, 5)
+    """
+    logprobs = [float(x) for x in logprobs]
+    top = max(logprobs)
+    if not math.isfinite(top):
+        dist, mass = [math.nan] * len(logprobs), 0.0
+    else:
+        weights = [math.exp(x - top) for x in logprobs]
+        total = sum(weights)
+        dist = [w / total for w in weights]
+        mass = math.exp(top) * total
     return {
-        "rating": rating,
+        "rating": float(sum((SCALE_MIN + k) * p for k, p in enumerate(dist))),
         "probs": dist,
         "option_mass": mass,
-        "option_logprobs": [float(x) for x in logprobs],
+        "option_logprobs": logprobs,
         "argmax": SCALE_MIN + max(range(len(dist)), key=dist.__getitem__),
         "mode": mode,
     }
@@ -441,7 +451,7 @@ class Evaluator:
         if use_prefix:
             ones = torch.ones((len(seqs), prefix_len), dtype=mask.dtype, device=mask.device)
             mask = torch.cat([ones, mask], dim=1)
-            kwargs[self._cache_kw] = self._prefix.batch_cache(self.model, self.device, len(seqs))
+            kwargs[self._cache_kw] = self._prefix.batch_cache(self.model, self.device, len(seqs), keep=want_cache)
             kwargs["attention_mask"] = mask
         elif want_cache or len({len(s) for s in seqs}) > 1:
             kwargs["attention_mask"] = mask
@@ -590,7 +600,8 @@ class Evaluator:
         if refused:
             yield refused, False
         if not self._prefix_checked:
-            first = next((r for r in requests if r.use_prefix), None)
+            # Checked on the shortest item that uses the prefix: the cheapest full encoding.
+            first = min((r for r in requests if r.use_prefix), key=lambda r: len(r.ids), default=None)
             if first is not None and not self._check_prefix(first):
                 self.prefix_reuse = False
                 for r in requests:

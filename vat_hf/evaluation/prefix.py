@@ -99,12 +99,30 @@ def output_cache(output):
     return None
 
 
-def expand_cache(cache, batch_size: int):
+try:  # transformers >= 4.56
+    from transformers.cache_utils import DynamicLayer
+except ImportError:  # pragma: no cover
+    DynamicLayer = None
+
+
+if DynamicLayer is not None:
+    class ReadOnlyPrefixLayer(DynamicLayer):
+        """A layer of a batch's view of the prefix cache that returns prefix + new keys to the
+        attention but stores nothing: each layer's concatenation is freed as soon as the layer is
+        done, instead of every layer's (rows x (prefix + suffix)) keys living until the forward
+        pass ends. For passes whose cache is not needed afterwards."""
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+def expand_cache(cache, batch_size: int, keep: bool = True):
     """A batch-``batch_size`` cache that reads the batch-1 ``cache`` without copying it.
 
-    Each layer's keys/values become ``expand`` views; the model's next ``update`` concatenates
-    the batch's new keys onto them, which materialises the batch copy once (the view itself
-    never is, and the original prefix cache is never modified).
+    Each layer's keys/values become ``expand`` views; the model's ``update`` concatenates the
+    batch's new keys onto them, which materialises the batch copy once (the view itself never
+    is, and the original prefix cache is never modified). ``keep=False``: plain layers do not
+    keep the concatenation (:class:`ReadOnlyPrefixLayer`), for a pass whose cache is dropped.
     """
     layers = getattr(cache, "layers", None)
     if layers is None:  # old-style caches: copy and repeat
@@ -115,6 +133,8 @@ def expand_cache(cache, batch_size: int):
     new.layers = []
     for layer in layers:
         clone = copy.copy(layer)
+        if not keep and DynamicLayer is not None and type(layer) is DynamicLayer:
+            clone.__class__ = ReadOnlyPrefixLayer
         keys = getattr(layer, "keys", None)
         if isinstance(keys, torch.Tensor) and keys.numel():
             clone.keys = keys.expand(batch_size, *keys.shape[1:])
@@ -152,5 +172,5 @@ class PrefixCache:
                 raise RuntimeError("the model returned no key/value cache; prefix reuse is not possible")
         return self._cache
 
-    def batch_cache(self, model, device, batch_size: int):
-        return expand_cache(self.cache(model, device), batch_size)
+    def batch_cache(self, model, device, batch_size: int, keep: bool = True):
+        return expand_cache(self.cache(model, device), batch_size, keep=keep)

@@ -16,6 +16,7 @@ from vat_hf.report.render import (
     plot_drift,
     plot_gain_tax,
     plot_radar,
+    plot_trajectory,
     write_report,
 )
 
@@ -26,6 +27,7 @@ __all__ = [
     "plot_drift",
     "plot_gain_tax",
     "plot_radar",
+    "plot_trajectory",
     "report_command",
     "write_report",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "plot_drift",
     "plot_gain_tax",
     "plot_radar",
+    "plot_trajectory",
     "write_report",
 ]
 
@@ -439,6 +440,57 @@ def plot_gain_tax(results: Sequence[Dict[str, Any]]) -> Figure:
     return fig
 
 
+def plot_trajectory(result: Dict[str, Any]) -> Figure:
+    """Gain and tax over training steps (top; the gain's bootstrap band shaded, vat on the right
+    axis) and each value's drift over steps (bottom; the target bold, drift onsets marked with a
+    dot). Reads ``result["trajectory"]`` (rows of :class:`vat_hf.train.trajectory.VATTrajectoryCallback`)
+    and ``result["drift_onset"]``. Lines carry ``gid`` "gain", "vat" and "drift-<value>"."""
+    rows = sorted(result["trajectory"], key=lambda row: row["step"])
+    steps = np.array([row["step"] for row in rows], dtype=float)
+    target = result.get("target_value") or metric_of(result).get("target_value")
+
+    def series(key, sub=None):
+        return np.array([np.nan if (row.get(key) if sub is None else (row.get(key) or {}).get(sub)) is None
+                         else (row[key] if sub is None else row[key][sub]) for row in rows], dtype=float)
+
+    fig = Figure(figsize=(8.0, 7.0))
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot(steps, series("gain"), "-o", color=TARGET_COLOR, label=f"gain ({target})", gid="gain")
+    low = np.array([np.nan if not row.get("gain_ci") else row["gain_ci"][0] for row in rows], dtype=float)
+    high = np.array([np.nan if not row.get("gain_ci") else row["gain_ci"][1] for row in rows], dtype=float)
+    top.fill_between(steps, low, high, color=TARGET_COLOR, alpha=0.15, linewidth=0)
+    top.axhline(0, color="black", linewidth=0.6, alpha=0.5)
+    top.set_ylabel("gain (drift of the target)")
+    right = top.twinx()
+    right.plot(steps, series("vat"), "--s", color=PRE_COLOR, markersize=4, label="vat", gid="vat")
+    right.set_ylabel("VAT (mean |drift| / |gain|)")
+    right.set_ylim(bottom=0)
+    handles = top.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    top.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize=8)
+    top.set_title(f"{result.get('name', '')}: gain and tax during training", fontsize=11)
+    onset = result.get("drift_onset") or {}
+    values = list(rows[0]["drift"]) if rows else []
+    cmap = [POST_COLORS[k % len(POST_COLORS)] for k in range(len(values))]
+    for k, value in enumerate(values):
+        d = series("drift", value)
+        is_target = value == target
+        color = TARGET_COLOR if is_target else cmap[k]
+        bottom.plot(steps, d, "-", color=color, linewidth=2.4 if is_target else 1.1,
+                    label=value + (" (target)" if is_target else ""), gid=f"drift-{value}")
+        if onset.get(value) is not None and not is_target:
+            at = int(np.argmax(steps == onset[value]))
+            bottom.plot([steps[at]], [d[at]], "o", color=color, markersize=6)
+    bottom.axhline(0, color="black", linewidth=0.6, alpha=0.5)
+    bottom.set_xlabel("training step")
+    bottom.set_ylabel("drift in expression (vs. step 0)")
+    bottom.set_title("drift per value (dot: onset, the first step whose interval excludes 0)", fontsize=10)
+    bottom.legend(fontsize=7, ncol=2, loc="best")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------------------------
 # the report
 
@@ -512,6 +564,8 @@ def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Op
     for r, s in zip(results, slugs):
         paths[f"drift_{s}"] = _save(plot_drift(r), out / f"drift_{s}.png")
         paths[f"coupling_{s}"] = _save(plot_coupling(r), out / f"coupling_{s}.png")
+        if r.get("trajectory"):
+            paths[f"trajectory_{s}"] = _save(plot_trajectory(r), out / f"trajectory_{s}.png")
     rows = compare_interventions(results)
 
     # Markdown
@@ -526,6 +580,11 @@ def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Op
         md += [" · ".join(f"{k}: {v}" for k, v in _run_header(r)), ""]
         md += [markdown_table(r), ""]
         md += [f"![drift](drift_{s}.png)", f"![coupling](coupling_{s}.png)", ""]
+        if r.get("trajectory"):
+            onset = {v: o for v, o in (r.get("drift_onset") or {}).items() if o is not None}
+            md += [f"![trajectory](trajectory_{s}.png)", "",
+                   "Drift onset (first step whose interval excludes 0): "
+                   + (", ".join(f"{v} at step {o}" for v, o in sorted(onset.items(), key=lambda kv: kv[1])) or "none"), ""]
     md_text = "\n".join(md)
     paths["markdown"] = out / "report.md"
     paths["markdown"].write_text(md_text, encoding="utf-8")
@@ -551,8 +610,10 @@ def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Op
               '<p class="facts">' + " &middot; ".join(f"{html.escape(k)}: {html.escape(v)}" for k, v in _run_header(r)) + "</p>",
               _html_table(head, vrows),
               '<p class="summary">' + " &middot; ".join(f"{html.escape(k)} <b>{html.escape(v)}</b>" for k, v in _summary_items(metric)) + "</p>",
-              '<div class="figs">', img(f"drift_{s}.png", f"drift {r['name']}"), img(f"coupling_{s}.png", f"coupling {r['name']}"),
-              "</div>"]
+              '<div class="figs">', img(f"drift_{s}.png", f"drift {r['name']}"), img(f"coupling_{s}.png", f"coupling {r['name']}")]
+        if r.get("trajectory"):
+            h.append(img(f"trajectory_{s}.png", f"trajectory {r['name']}"))
+        h.append("</div>")
     h.append("</body></html>")
     paths["html"] = out / "report.html"
     paths["html"].write_text("\n".join(h), encoding="utf-8")

@@ -98,6 +98,22 @@ def resolved_recipe(spec, experiment_config, output_dir) -> dict:
     return config
 
 
+def _finished(spec, fp: str, output_dir: Path) -> bool:
+    """Whether ``output_dir`` holds the finished adapter of this very recipe; an adapter of
+    another recipe there is an error (its judgments would be mixed up with the new one's)."""
+    done = read_training_info(output_dir)
+    if done is None:
+        return False
+    if done.get("fingerprint") == fp and any((Path(output_dir) / f).exists() for f in ("adapter_config.json", "config.json")):
+        return True
+    from vat_hf.pipeline import RecipeError
+
+    raise RecipeError(
+        f"intervention {spec.name!r}: {output_dir} holds an adapter trained from a different recipe. Remove that "
+        f"folder and judgments/{spec.name}.jsonl, or give the intervention a new name"
+    )
+
+
 def _parse_resolved(method: str, config: Mapping, path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
@@ -119,6 +135,7 @@ def check_intervention(spec, experiment_config, output_dir):
             where = f"intervention {spec.name!r} (recipe {spec.recipe} with overrides {dict(spec.overrides or {})})"
             raise TrainingConfigError(str(err).replace(f"recipe {resolved}", where)) from None
     resolve_base_model(model_args.model_name_or_path, model_args.model_revision, training_args.trust_remote_code)
+    _finished(spec, fingerprint(spec.type, config), Path(output_dir))
     return script_args, training_args, model_args
 
 
@@ -133,18 +150,9 @@ def train_intervention(spec, experiment_config, train_items: Sequence[Mapping], 
     output_dir = Path(output_dir)
     config = resolved_recipe(spec, experiment_config, output_dir)
     fp = fingerprint(method, config)
-    done = read_training_info(output_dir)
-    if done is not None:
-        if done.get("fingerprint") == fp and any((output_dir / f).exists() for f in ("adapter_config.json", "config.json")):
-            logger.info("%s: reusing the finished adapter in %s", spec.name, output_dir)
-            return output_dir
-        from vat_hf.pipeline import RecipeError
-
-        raise RecipeError(
-            f"intervention {spec.name!r}: {output_dir} holds an adapter trained from a different recipe; its judgments "
-            "would be mixed up with the new one's. Remove that folder (and judgments/" f"{spec.name}.jsonl) or give the "
-            "intervention a new name"
-        )
+    if _finished(spec, fp, output_dir):
+        logger.info("%s: reusing the finished adapter in %s", spec.name, output_dir)
+        return output_dir
     script_args, training_args, model_args = _parse_resolved(method, config, output_dir / RESOLVED_RECIPE)
     script_args.resume = True  # an interrupted run continues from its last checkpoint (fresh if none)
     extra = {"fingerprint": fp, "intervention": spec.name, "recipe": str(spec.recipe), "overrides": dict(spec.overrides or {})}

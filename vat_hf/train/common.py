@@ -80,8 +80,7 @@ def check_inputs(method: str, script_args, training_args, model_args, items: Opt
     """Everything that can be wrong with a run, checked before loading any weights.
 
     Returns ``(base model path, training dataset, data info)``."""
-    from vat_hf.data.sources import sample_scenes
-    from vat_hf.train.data import TrainingDataError, dpo_dataset, load_training_items, sft_dataset
+    from vat_hf.train.data import TrainingDataError, dpo_dataset, sft_dataset
 
     if not training_args.output_dir:
         raise TrainingConfigError("output_dir is required: where the adapter (or model) and checkpoints go")
@@ -100,11 +99,9 @@ def check_inputs(method: str, script_args, training_args, model_args, items: Opt
     ref = getattr(script_args, "ref_model_name_or_path", None)
     if ref:
         resolve_base_model(ref, trust_remote_code=training_args.trust_remote_code)
-    if items is None:
-        items = load_training_items(script_args.data_source, columns=script_args.data_columns)
-    if not items:
+    if items is not None and not items:
         raise TrainingDataError("the training split is empty: training needs train scenes")
-    items = sample_scenes(list(items), script_args.max_scenes, seed=training_args.seed)
+    items = _sampled_train_items(script_args, training_args, items)
     if method == "sft":
         dataset = sft_dataset(items, script_args.target_value)
     else:
@@ -165,6 +162,8 @@ def build_trainer(method: str, script_args, training_args, model_args, items: Op
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, script_args.adapter_name_or_path, is_trainable=True)
+    if method == "dpo" and script_args.tax_aware_weight > 0:
+        dataset = tax_aware_dataset(model, tokenizer, dataset, script_args, training_args, items, data_info)
     kwargs = dict(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
                   peft_config=peft_config)
     if method == "sft":
@@ -178,9 +177,66 @@ def build_trainer(method: str, script_args, training_args, model_args, items: Op
             # Full fine-tuning: the reference is the initial model, its log-probs computed once.
             training_args.precompute_ref_log_probs = True
         trainer = DPOTrainer(**kwargs)
+    if script_args.trajectory_every_n_steps:
+        attach_trajectory(trainer, tokenizer, script_args, training_args)
     data_info["base_model"] = str(model_args.model_name_or_path or path)
     data_info["base_model_path"] = path
     return trainer, data_info
+
+
+def _sampled_train_items(script_args, training_args, items: Optional[Sequence[Mapping]]) -> List[Mapping]:
+    from vat_hf.data.sources import sample_scenes
+    from vat_hf.train.data import load_training_items
+
+    if items is None:
+        items = load_training_items(script_args.data_source, columns=script_args.data_columns)
+    return sample_scenes(list(items), script_args.max_scenes, seed=training_args.seed)
+
+
+def tax_aware_dataset(model, tokenizer, dataset, script_args, training_args, items, data_info):
+    """Plain DPO pairs followed by anchor pairs for the other values, ordered by the model's own
+    judgments taken now, before training (see :mod:`vat_hf.train.anchors`)."""
+    import datasets
+    from accelerate import PartialState
+
+    from vat_hf.evaluation import Evaluator
+    from vat_hf.train.anchors import tax_aware_pairs
+
+    train_items = _sampled_train_items(script_args, training_args, items)
+    others = [item for item in train_items if item["value"] != script_args.target_value]
+    if getattr(model, "hf_quantizer", None) is None:
+        model.to(PartialState().device)
+    earlier = Evaluator(model, tokenizer, progress=False).judge(others)
+    model.train()
+    rows = tax_aware_pairs(list(dataset), train_items, earlier, script_args.target_value, script_args.tax_aware_weight,
+                           seed=training_args.seed, min_margin=script_args.tax_aware_min_margin)
+    anchors = [row["anchor_value"] for row in rows if row.get("anchor_value")]
+    data_info["tax_aware"] = {"weight": script_args.tax_aware_weight, "min_margin": script_args.tax_aware_min_margin,
+                              "n_target_pairs": len(dataset), "n_anchor_pairs": len(anchors),
+                              "anchor_values": {v: anchors.count(v) for v in sorted(set(anchors))}}
+    data_info["n_examples"] = len(rows)
+    return datasets.Dataset.from_list([{k: v for k, v in row.items() if k != "anchor_value"} for row in rows])
+
+
+def attach_trajectory(trainer, tokenizer, script_args, training_args):
+    """The gain–tax trajectory callback on a fixed sample of the data source's ``test`` items."""
+    from vat_hf.data.sources import load_items
+    from vat_hf.train.trajectory import VATTrajectoryCallback, sample_items
+
+    test_items = load_items(script_args.data_source, split="test", seed=training_args.seed, columns=script_args.data_columns)
+    sample = sample_items(test_items, script_args.trajectory_n_items, seed=training_args.seed)
+    return VATTrajectoryCallback(sample, tokenizer, script_args.target_value, every_n_steps=script_args.trajectory_every_n_steps,
+                                 output_path=str(Path(training_args.output_dir) / "trajectory.jsonl"),
+                                 n_bootstrap=script_args.trajectory_n_bootstrap, seed=training_args.seed).attach(trainer)
+
+
+def trajectory_of(trainer):
+    from vat_hf.train.trajectory import VATTrajectoryCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, VATTrajectoryCallback):
+            return callback
+    return None
 
 
 def hyperparameters(training_args, model_args, trainer=None) -> Dict:
@@ -253,6 +309,10 @@ def run_training(method: str, script_args, training_args, model_args, items: Opt
             "versions": package_versions(),
             **dict(extra_info or {}),
         }
+        trajectory = trajectory_of(trainer)
+        if trajectory is not None:
+            info["trajectory"] = {"every_n_steps": trajectory.every_n_steps, "n_items": len(trajectory.items),
+                                  "file": "trajectory.jsonl", "drift_onset": trajectory.onset()}
         write_model_card(output_dir, info)
         if training_args.push_to_hub:
             repo = push_folder(output_dir, training_args)

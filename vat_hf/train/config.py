@@ -62,6 +62,19 @@ class VATScriptArguments:
         default=False,
         metadata={"help": "Resume from the last checkpoint in output_dir (start fresh if there is none)."},
     )
+    trajectory_every_n_steps: Optional[int] = field(
+        default=None,
+        metadata={"help": "Judge a fixed sample of test items every N steps (and at the start) and log gain, "
+                          "drifts and vat (vat_hf.train.trajectory). Unset: no trajectory."},
+    )
+    trajectory_n_items: int = field(
+        default=200,
+        metadata={"help": "Size of the trajectory's fixed test-item sample (whole scenes first)."},
+    )
+    trajectory_n_bootstrap: int = field(
+        default=200,
+        metadata={"help": "Scene-bootstrap resamples for the trajectory's intervals (drift onset reads them)."},
+    )
 
     def __post_init__(self):
         if self.target_value is None:
@@ -76,6 +89,10 @@ class VATScriptArguments:
             raise TrainingConfigError(f"data_columns must be a mapping, got {self.data_columns!r}")
         if self.max_scenes is not None and self.max_scenes < 1:
             raise TrainingConfigError(f"max_scenes must be >= 1, got {self.max_scenes}")
+        if self.trajectory_every_n_steps is not None and self.trajectory_every_n_steps < 1:
+            raise TrainingConfigError(f"trajectory_every_n_steps must be >= 1, got {self.trajectory_every_n_steps}")
+        if getattr(self, "tax_aware_weight", 0.0) < 0:
+            raise TrainingConfigError(f"tax_aware_weight must be >= 0, got {self.tax_aware_weight}")
 
 
 @dataclass
@@ -91,6 +108,15 @@ class VATDPOScriptArguments(VATScriptArguments):
     max_pairs_per_scene: Optional[int] = field(
         default=None,
         metadata={"help": "Cap on (chosen, rejected) pairs drawn from one scene (unset: all)."},
+    )
+    tax_aware_weight: float = field(
+        default=0.0,
+        metadata={"help": "Tax-aware DPO: anchor pairs per target pair for the non-target values, ordered by the "
+                          "model's own pre-training judgments (vat_hf.train.anchors). 0: plain DPO."},
+    )
+    tax_aware_min_margin: float = field(
+        default=0.0,
+        metadata={"help": "Skip anchor pairs whose two earlier ratings differ by no more than this."},
     )
 
 

@@ -1,0 +1,174 @@
+"""GPU throughput: vat-hf's evaluator against a bare forward loop over the same batches.
+
+NOT RUN in the task that wrote it (no GPU was available there); run it on a CUDA machine:
+
+    .venv/bin/python bench/bench_gpu_eval.py                 # Qwen2.5-7B shape, bf16, ~160-token items
+    .venv/bin/python bench/bench_gpu_eval.py --small         # a quick check with a 0.5B shape
+
+The model is a *random-initialised* model of Qwen2.5-7B's shape (28 layers, hidden 3584,
+intermediate 18944, 28 query / 4 key-value heads, vocabulary 152,064) in bfloat16, so nothing is
+downloaded; speed does not depend on the weights. Prompts are vat-hf's judging prompts rendered
+with SmolLM2's tokenizer (the embedded default's; its ids are all inside Qwen's vocabulary), for
+synthetic items sized so that prompts are about 160 tokens.
+
+Measured in the same process, alternating, after a warm-up:
+
+- ``bare``: ``model(input_ids=batch, logits_to_keep=1)`` over pre-padded batches already on the
+  GPU (the batches our evaluator builds: sorted by length, token budget); no attention mask, no
+  softmax, no records. This is the forward-pass limit the evaluator is compared with.
+- ``ours``: ``Evaluator.judge(items)`` end to end: prompt rendering, tokenisation, batching,
+  host-to-device copies, forward passes (with attention mask and position ids), option
+  log-probabilities and records; with prefix reuse ``auto`` (the default) and ``off``.
+
+Goal: ours >= 85% of bare items/s. Results go to ``$OUT/gpu_eval.json`` when ``$OUT`` is set,
+else ``outputs/bench/gpu_eval.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+QWEN25_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                 num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1_000_000.0,
+                 rms_norm_eps=1e-6, tie_word_embeddings=False)
+QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1_000_000.0,
+                  rms_norm_eps=1e-6, tie_word_embeddings=True)
+
+
+def synthetic_items(n: int, tokenizer, target_tokens: int, seed: int = 0):
+    """Items whose judging prompts are about ``target_tokens`` long (spread +-15%)."""
+    import random
+
+    from vat_hf.prompts import JudgePrompt, judge_text
+
+    rng = random.Random(seed)
+    words = ("family", "neighbour", "council", "market", "festival", "election", "colleague", "river", "school",
+             "hospital", "tradition", "budget", "friend", "village", "promise", "border", "harvest", "debate")
+    base = len(tokenizer(judge_text(tokenizer, JudgePrompt(), {"scenario": "", "action": ""}),
+                         add_special_tokens=False)["input_ids"])
+    items = []
+    for k in range(n):
+        budget = max(8, int((target_tokens - base) * rng.uniform(0.85, 1.15)))
+        scenario = " ".join(rng.choice(words) for _ in range(budget * 2 // 3))
+        action = "I " + " ".join(rng.choice(words) for _ in range(budget // 3)) + "."
+        items.append({"id": f"g{k}", "scenario": scenario.capitalize() + ".", "action": action})
+    return items
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-items", type=int, default=4096)
+    parser.add_argument("--prompt-tokens", type=int, default=160)
+    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--max-batch-size", type=int, default=128)
+    parser.add_argument("--attn-implementation", default="sdpa")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--small", action="store_true", help="Qwen2.5-0.5B's shape instead of 7B (a quick check)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the embedded SmolLM2's)")
+    parser.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only to check the script runs")
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from vat_hf.evaluation import Evaluator
+    from vat_hf.evaluation.judge import left_pad, token_budget_batches
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_gpu_eval.py needs a CUDA GPU")
+
+    def sync():
+        if device.type == "cuda":
+            sync()
+    if args.tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    else:
+        from vat_hf.models import embedded_model_dir
+
+        tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tokenizer.padding_side = "left"
+    shape = QWEN25_05B if args.small else QWEN25_7B
+    config = AutoConfig.for_model("qwen2", **shape)
+    config._attn_implementation = args.attn_implementation
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=args.attn_implementation)
+    model.eval()
+    build_s = time.perf_counter() - started
+    n_params = sum(p.numel() for p in model.parameters())
+
+    items = synthetic_items(args.n_items, tokenizer, args.prompt_tokens)
+    evaluator = Evaluator(model, tokenizer, max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size,
+                          progress=False, prefix_reuse=False)
+    encoded = evaluator.encode(items)
+    lengths = [len(e) for e in encoded]
+    batches = token_budget_batches(lengths, args.max_batch_tokens, args.max_batch_size)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    gpu_batches = [left_pad([encoded[i] for i in b], pad, device)["input_ids"] for b in batches]
+
+    def bare():
+        sync()
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for input_ids in gpu_batches:
+                model(input_ids=input_ids, logits_to_keep=1)
+        sync()
+        return time.perf_counter() - t
+
+    def ours(prefix_reuse):
+        ev = Evaluator(model, tokenizer, max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size,
+                       progress=False, prefix_reuse=prefix_reuse)
+        sync()
+        t = time.perf_counter()
+        records = ev.judge(items)
+        sync()
+        return time.perf_counter() - t, records, ev.stats.to_dict()
+
+    # Warm-up: kernels, allocator, cuBLAS handles.
+    with torch.inference_mode():
+        model(input_ids=gpu_batches[0], logits_to_keep=1)
+    ours("auto")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    timings = {"bare": [], "ours_prefix_auto": [], "ours_prefix_off": []}
+    stats = {}
+    for _ in range(args.repeats):
+        timings["bare"].append(bare())
+        seconds, records, stats["auto"] = ours("auto")
+        timings["ours_prefix_auto"].append(seconds)
+        seconds, _, stats["off"] = ours(False)
+        timings["ours_prefix_off"].append(seconds)
+    n = len(items)
+    best = {k: min(v) for k, v in timings.items()}
+    report = {
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (script check only)",
+        "model": ("Qwen2.5-0.5B" if args.small else "Qwen2.5-7B") + f" shape, random init, {str(dtype).replace('torch.', '')}",
+        "n_params": n_params, "attn_implementation": args.attn_implementation, "build_seconds": build_s,
+        "n_items": n, "mean_prompt_tokens": sum(lengths) / n, "n_batches": len(batches),
+        "max_batch_tokens": args.max_batch_tokens, "max_batch_size": args.max_batch_size,
+        "items_per_s": {k: n / v for k, v in best.items()},
+        "ours_vs_bare": {"prefix_auto": best["bare"] / best["ours_prefix_auto"],
+                         "prefix_off": best["bare"] / best["ours_prefix_off"]},
+        "goal": "ours >= 0.85 x bare",
+        "timings_s": timings, "evaluator_stats": stats,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        "torch": torch.__version__, "mean_rating": sum(r["rating"] for r in records) / n,
+    }
+    print(json.dumps(report, indent=1))
+    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "outputs" / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "gpu_eval.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
