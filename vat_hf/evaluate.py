@@ -74,7 +74,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     verbose = args.pop("verbose")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = EvalRunConfig(**args)
-    accelerator = None
     from vat_hf.evaluation.run import _distributed_state
 
     accelerator, _, _ = _distributed_state()

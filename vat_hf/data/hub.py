@@ -32,7 +32,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -44,6 +43,7 @@ from vat_hf.values import (BASIC_VALUES, MICRO_VALUES, VALUES, UnknownValueError
                            canonical_value)
 
 from vat_hf import CITATION, PAPER_URL
+from vat_hf.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -523,20 +523,6 @@ def _sidecar(path: Path, name: str) -> Path:
     return path / name
 
 
-def _atomic_file(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_items(ds: Union[datasets.Dataset, Sequence[Mapping]], path: Union[str, Path],
                metadata: Optional[Mapping[str, Any]] = None,
                failures: Optional[Sequence[Mapping[str, Any]]] = None) -> Path:
@@ -556,10 +542,10 @@ def save_items(ds: Union[datasets.Dataset, Sequence[Mapping]], path: Union[str, 
         write_jsonl(path, ds)
         meta_path, fail_path = _sidecar(path, "meta.json"), _sidecar(path, "failures.jsonl")
     elif suffix == ".parquet":
-        _atomic_file(path, ds.to_parquet)
+        atomic_write(path, ds.to_parquet)
         meta_path, fail_path = _sidecar(path, "meta.json"), _sidecar(path, "failures.jsonl")
     elif suffix == ".csv":
-        _atomic_file(path, lambda p: ds.to_csv(p, index=False))
+        atomic_write(path, lambda p: ds.to_csv(p, index=False))
         meta_path, fail_path = _sidecar(path, "meta.json"), _sidecar(path, "failures.jsonl")
     elif suffix:
         raise ValueError(f"{path}: unknown output type {suffix!r}; use .jsonl, .json, .parquet, .csv or a folder")
@@ -806,7 +792,7 @@ def push_to_hub(items: Union[datasets.Dataset, Sequence[Mapping], str, Path], re
         out = Path(dry_run_dir)
         for name, content in files.items():
             target = out / name
-            _atomic_file(target, lambda p, c=content: Path(p).write_bytes(c))
+            atomic_write(target, lambda p, c=content: Path(p).write_bytes(c))
         return PushResult(repo_id=repo_id, files=files, card=card)
 
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi

@@ -481,42 +481,42 @@ class Evaluator:
 
     def _logprob_outputs(self, requests: Sequence[_Request], use_prefix: bool) -> List[Dict]:
         logits, _ = self._forward(requests, use_prefix)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)[:, self.option_ids].double().cpu()
+        logprobs = torch.log_softmax(logits.float(), dim=-1)[:, self.option_ids].cpu().double()
         return [_distribution_outputs(row.tolist(), MODE_LOGPROB) for row in logprobs]
 
     def _multitoken_outputs(self, requests: Sequence[_Request], use_prefix: bool) -> List[Dict]:
         k = len(OPTIONS)
+        rows = len(requests)
         longest = max(len(c) for r in requests for c in r.conts)
         logits, state = self._forward(requests, use_prefix, want_cache=longest > 1)
         first = torch.log_softmax(logits.float(), dim=-1)
-        scores = torch.zeros((len(requests), k), dtype=torch.float64)
-        for row, r in enumerate(requests):
-            ids = torch.tensor([c[0] for c in r.conts], device=first.device)
-            scores[row] = first[row, ids].double().cpu()
+        first_ids = torch.tensor([[c[0] for c in r.conts] for r in requests], dtype=torch.long, device=first.device)
+        scores = first.gather(1, first_ids).cpu().double()
         if longest > 1:
             cache, mask, last_pos = state
             # Continue every (item, option) row from the item's cache with the option's tokens
             # but its last, right-padded; logits at each step give the next option token.
             cache.batch_repeat_interleave(k)
             steps = longest - 1
-            cont_ids = torch.full((len(requests) * k, steps), self.pad_id, dtype=torch.long)
-            cont_mask = torch.zeros((len(requests) * k, steps), dtype=torch.long)
+            cont_ids = torch.full((rows * k, steps), self.pad_id, dtype=torch.long)
+            cont_mask = torch.zeros((rows * k, steps), dtype=torch.long)
+            targets = torch.zeros((rows * k, steps), dtype=torch.long)
             for row, r in enumerate(requests):
                 for o, c in enumerate(r.conts):
                     if len(c) > 1:
                         cont_ids[row * k + o, :len(c) - 1] = torch.tensor(c[:-1])
                         cont_mask[row * k + o, :len(c) - 1] = 1
+                        targets[row * k + o, :len(c) - 1] = torch.tensor(c[1:])
             device = self.device
             positions = last_pos.repeat_interleave(k)[:, None] + 1 + torch.arange(steps, device=device)[None, :]
             kwargs = {"input_ids": cont_ids.to(device), "position_ids": positions, "use_cache": True,
                       "attention_mask": torch.cat([mask.repeat_interleave(k, dim=0), cont_mask.to(device)], dim=1),
                       self._cache_kw: cache}
             out = self.model(**kwargs)
-            rest = torch.log_softmax(out.logits.float(), dim=-1)
-            for row, r in enumerate(requests):
-                for o, c in enumerate(r.conts):
-                    for j in range(1, len(c)):
-                        scores[row, o] += float(rest[row * k + o, j - 1, c[j]])
+            rest = torch.log_softmax(out.logits[:, -steps:, :].float(), dim=-1)
+            picked = rest.gather(-1, targets.to(device)[..., None])[..., 0]
+            picked = torch.where(cont_mask.to(device).bool(), picked, torch.zeros_like(picked))
+            scores += picked.sum(-1).cpu().double().view(rows, k)
         return [_distribution_outputs(row.tolist(), MODE_MULTITOKEN) for row in scores]
 
     def _stop_ids(self) -> set:
@@ -636,7 +636,7 @@ class Evaluator:
             logits, _ = self._forward(chunk, use_prefix)
             selected = torch.log_softmax(logits.float(), dim=-1)[:, self.option_ids]
             if selected.device.type != "cuda":
-                return selected.double(), None
+                return selected.cpu().double(), None
             host = torch.empty(selected.shape, dtype=selected.dtype, pin_memory=True)
             host.copy_(selected, non_blocking=True)
             event = torch.cuda.Event()
