@@ -373,3 +373,24 @@ def test_vllm_backend_says_how_to_install_vllm(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_vllm)
     with pytest.raises(ImportError, match=r"pip install 'vat-hf\[vllm\]'"):
         vllm_backend.VLLMEvaluator("some/model")
+
+
+def test_cache_fingerprints_tell_adapters_apart(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from vat_hf.evaluation.cache import adapter_fingerprint, model_fingerprint
+    from vat_hf.models import load_model
+
+    base = load_model(str(tiny_model_dir), device="cpu", dtype="float32").model
+    plain_fp = model_fingerprint(base)
+    assert adapter_fingerprint(base) == ""
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False), adapter_name="a")
+    model.add_adapter("b", LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    model.set_adapter("a")
+    fp_a = adapter_fingerprint(model)
+    model.set_adapter("b")
+    fp_b = adapter_fingerprint(model)
+    assert fp_a and fp_b and fp_a != fp_b
+    with model.disable_adapter():
+        assert adapter_fingerprint(model) == ""
+    assert model_fingerprint(model) == plain_fp  # the base weights are the same under the adapter

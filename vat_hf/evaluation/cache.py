@@ -94,7 +94,9 @@ def model_fingerprint(model) -> str:
     if config is not None:
         config_dict = {k: v for k, v in config.to_dict().items()
                        if not k.startswith("_") and k not in ("transformers_version", "dtype", "torch_dtype")}
-    params = [(n, p) for n, p in base.named_parameters() if "lora_" not in n and "modules_to_save" not in n]
+    # Under a PEFT wrapper the base weights keep their values but gain ".base_layer" in their names.
+    params = [(n.replace(".base_layer", ""), p) for n, p in base.named_parameters()
+              if "lora_" not in n and "modules_to_save" not in n]
     dtype = str(params[0][1].dtype) if params else None
     return sha256_json({
         "name_or_path": name,
