@@ -384,11 +384,11 @@ def test_cache_fingerprints_tell_adapters_apart(tiny_model_dir):
     base = load_model(str(tiny_model_dir), device="cpu", dtype="float32").model
     plain_fp = model_fingerprint(base)
     assert adapter_fingerprint(base) == ""
-    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False), adapter_name="a")
-    model.add_adapter("b", LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
-    model.set_adapter("a")
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False), adapter_name="first")
+    model.add_adapter("second", LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    model.set_adapter("first")
     fp_a = adapter_fingerprint(model)
-    model.set_adapter("b")
+    model.set_adapter("second")
     fp_b = adapter_fingerprint(model)
     assert fp_a and fp_b and fp_a != fp_b
     with model.disable_adapter():
