@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.vat-hf-installed
-DEMO_RECIPE ?= recipes/demo/smollm2_benevolence_prompt.yaml
+DEMO_RECIPE ?= recipes/demo/smollm2_benevolence.yaml
 
 .PHONY: setup demo test test-fast bench bench-data bench-metric clean
 

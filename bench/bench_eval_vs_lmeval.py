@@ -258,6 +258,7 @@ def main(argv=None):
 
     import torch
 
+    from vat_hf.io import write_json
     from vat_hf.models import embedded_model_dir, load_model
     from vat_hf.prompts import judge_text
 
@@ -287,9 +288,33 @@ def main(argv=None):
                 harness = Harness(args.lmeval_python, model_dir, Path(tmp), task, lmeval_batch, args.threads)
             runs = {"ours": [], "ours_no_prefix_reuse": [], "bare_loop": [], "lmeval": []}
             logliks = version = None
+
+            def summary():
+                n = len(items)
+                best = {k: {m: min(r[m] for r in v) for m in ("seconds", "cpu_seconds")} for k, v in runs.items() if v}
+                setting = {"shots": shots, "prompt": prompt.name, "mean_prompt_tokens": sum(n_tokens) / n,
+                           "shared_prefix_tokens": stats["prefix_tokens"], "items_with_prefix_reuse": stats["n_prefix"],
+                           "rounds": len(runs["ours"]), "runs": runs,
+                           "items_per_s": {k: n / v["seconds"] for k, v in best.items()},
+                           "items_per_cpu_s": {k: n / v["cpu_seconds"] for k, v in best.items()}}
+                if runs["lmeval"]:
+                    agree, max_diff = 0, 0.0
+                    for k, record in enumerate(records):
+                        theirs = torch.softmax(torch.tensor(logliks[str(k)], dtype=torch.float64), 0)  # JSON keys: str
+                        agree += int(int(theirs.argmax()) + 1 == record["argmax"])
+                        max_diff = max(max_diff, float((theirs - torch.tensor(record["probs"], dtype=torch.float64)).abs().max()))
+                    setting.update({
+                        "lmeval_version": version, "lmeval_batch_size": lmeval_batch,
+                        "speedup": best["lmeval"]["seconds"] / best["ours"]["seconds"],
+                        "speedup_cpu_time": best["lmeval"]["cpu_seconds"] / best["ours"]["cpu_seconds"],
+                        "argmax_agreement": agree / n, "max_prob_diff": max_diff,
+                    })
+                return setting
+
             try:
                 # Rounds alternate between the two (and the extra references), so that load from
                 # other work on a shared machine falls on both; the best round of each is kept.
+                # The report is rewritten after every round, so a killed run keeps what it measured.
                 for _ in range(args.repeats):
                     records, timing, stats = run_ours(loaded, prompt, items, args.batch_size, args.max_batch_tokens, "auto")
                     runs["ours"].append(timing)
@@ -302,32 +327,14 @@ def main(argv=None):
                             run_ours(loaded, prompt, items, args.batch_size, args.max_batch_tokens, False)[1])
                     if args.bare:
                         runs["bare_loop"].append(bare_loop(loaded, prompt, items, args.batch_size))
+                    write_json(args.output, {**report, "settings": report["settings"] + [summary()], "complete": False})
             finally:
                 if harness is not None:
                     harness.close()
-            n = len(items)
-            best = {k: {m: min(r[m] for r in v) for m in ("seconds", "cpu_seconds")} for k, v in runs.items() if v}
-            setting = {"shots": shots, "prompt": prompt.name, "mean_prompt_tokens": sum(n_tokens) / n,
-                       "shared_prefix_tokens": stats["prefix_tokens"], "items_with_prefix_reuse": stats["n_prefix"],
-                       "rounds": args.repeats, "runs": runs,
-                       "items_per_s": {k: n / v["seconds"] for k, v in best.items()},
-                       "items_per_cpu_s": {k: n / v["cpu_seconds"] for k, v in best.items()}}
-            if harness is not None:
-                agree, max_diff = 0, 0.0
-                for k, record in enumerate(records):
-                    theirs = torch.softmax(torch.tensor(logliks[str(k)], dtype=torch.float64), 0)  # JSON keys are strings
-                    agree += int(int(theirs.argmax()) + 1 == record["argmax"])
-                    max_diff = max(max_diff, float((theirs - torch.tensor(record["probs"], dtype=torch.float64)).abs().max()))
-                setting.update({
-                    "lmeval_version": version, "lmeval_batch_size": lmeval_batch,
-                    "speedup": best["lmeval"]["seconds"] / best["ours"]["seconds"],
-                    "speedup_cpu_time": best["lmeval"]["cpu_seconds"] / best["ours"]["cpu_seconds"],
-                    "argmax_agreement": agree / n, "max_prob_diff": max_diff,
-                })
+            setting = summary()
             report["settings"].append(setting)
-            print(json.dumps(setting, indent=1), flush=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+            print(json.dumps({k: v for k, v in setting.items() if k != "runs"}, indent=1), flush=True)
+    write_json(args.output, {**report, "complete": True})
     print(f"-> {args.output}")
 
 

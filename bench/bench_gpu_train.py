@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--output", default=str(REPO / "bench" / "results" / "bench_gpu_train.json"))
+    parser.add_argument("--output", help="also write the results as JSON here")
     args = parser.parse_args(argv)
 
     import torch
@@ -111,8 +111,9 @@ def main(argv=None) -> dict:
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
     }
     print(json.dumps(report, indent=2))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2))
     trainer.accelerator.end_training()
     return report
 
