@@ -13,7 +13,7 @@ def test_k_shot_demonstrations_come_from_train_scenes_and_favour_the_target(k):
     by_text = {f"Scenario: {i['scenario']}\nAction: {i['action']}": i for i in train}
     ratings = []
     for user, answer in prompt.demonstrations:
-        item = next(i for key, i in by_text.items() if user.startswith(key))
+        item = next(i for key, i in by_text.items() if user.endswith(key))
         assert item["split"] == "train" and item["value"] == "Benevolence"
         ratings.append((item["polarity"], answer))
     assert all(answer == (f"{RATING_PREFIX}5" if pol > 0 else f"{RATING_PREFIX}1") for pol, answer in ratings)
