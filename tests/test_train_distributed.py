@@ -15,12 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 TWO_PROCESSES = REPO / "recipes" / "accelerate" / "ddp_2proc.yaml"
 
 
-@pytest.mark.slow  # two fresh processes per method, about a minute each on 2 CPU cores
-@pytest.mark.skipif(
-    os.environ.get("VAT_HF_TEST_DISTRIBUTED_TRAINING") != "1",
-    reason="known issue: on a loaded 2-core machine one of the two gloo workers can hang at exit after "
-    "training finished (seen twice here); run with VAT_HF_TEST_DISTRIBUTED_TRAINING=1",
-)
+@pytest.mark.slow  # two fresh processes per method, about 30 s each on 2 CPU cores
 @pytest.mark.parametrize("method", ["sft", "dpo"])
 def test_two_process_accelerate_launch(method, tmp_path, tiny_model_dir):
     out = tmp_path / "out"
@@ -43,7 +38,8 @@ def test_two_process_accelerate_launch(method, tmp_path, tiny_model_dir):
             "--config", str(recipe)]
     # No GPU for this test even where there is one: two CPU processes, as on a laptop or in CI.
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    # A worker that deadlocks at exit (see vat_hf.distributed) fails here instead of hanging the suite.
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]  # a process that skips end_training aborts here
     info = read_training_info(out)
     assert info["distributed"] == {"type": "MULTI_CPU", "num_processes": 2}

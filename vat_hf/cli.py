@@ -130,12 +130,17 @@ def run(
     max_scenes: Optional[int] = typer.Option(None, help="Override data.max_scenes (a quick run)."),
 ):
     """Run an experiment recipe: baseline, interventions, their evaluations, the metric, a report."""
+    from vat_hf.metrics.compare import compare_interventions, comparison_markdown, name_of
     from vat_hf.pipeline import run_experiment
     from vat_hf.report import markdown_table
 
     outcome = run_experiment(recipe, output_dir=output_dir, max_scenes=max_scenes)
-    for result in outcome["results"]:
+    for i, result in enumerate(outcome["results"]):
+        console.rule(f"{name_of(result, i)} against the baseline")
         _print_text(markdown_table(result))
+    if len(outcome["results"]) > 1:
+        console.rule("interventions compared")
+        _print_text(comparison_markdown(compare_interventions(outcome["results"])))
     for kind, path in outcome["report"].items():
         console.print(f"report {kind}: {path}")
 

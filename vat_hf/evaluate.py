@@ -87,7 +87,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                               "n_cached": results["stats"]["n_cached"], "seconds": results["timing"]["seconds"]}))
     finally:
         if accelerator is not None:
-            accelerator.end_training()
+            from vat_hf.distributed import end_distributed
+
+            end_distributed(accelerator)
     return 0
 
 

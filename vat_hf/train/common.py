@@ -274,6 +274,7 @@ def run_training(method: str, script_args, training_args, model_args, items: Opt
 
     ``end=True`` (the command-line scripts) finishes trackers and destroys the process group
     at the end, which a multi-process launch needs to exit cleanly."""
+    from vat_hf.distributed import end_distributed
     from vat_hf.pipeline import package_versions
     from vat_hf.train.card import write_model_card
 
@@ -317,9 +318,10 @@ def run_training(method: str, script_args, training_args, model_args, items: Opt
         if training_args.push_to_hub:
             repo = push_folder(output_dir, training_args)
             trainer.accelerator.print(f"pushed {output_dir} to https://huggingface.co/{repo}")
-    trainer.accelerator.wait_for_everyone()
     if end:
-        trainer.accelerator.end_training()
+        end_distributed(trainer.accelerator)  # waits for every process, then ends (see vat_hf.distributed)
+    else:
+        trainer.accelerator.wait_for_everyone()
     return output_dir
 
 
