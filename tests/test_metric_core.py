@@ -176,6 +176,37 @@ def co_moving_scenes(n_scenes=30, seed=0):
     return scenes
 
 
+def independent_scenes(n_scenes=30, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{v: float(rng.uniform(-0.3, 0.3)) + (0.4 if v == "Benevolence" else 0.0) for v in BASIC_VALUES}
+            for _ in range(n_scenes)]
+
+
+def test_nvat_is_read_against_its_level_by_chance():
+    """Independent drifts: nvat is not zero but sits at the shuffled level (about 1/sqrt(S - 1)),
+    and over 20 such data sets the permutation p-values spread out as they should under the null;
+    co-moving drifts: far above that level, with the smallest p-value 200 permutations allow."""
+    runs = [compute_vat(**make_items(independent_scenes(seed=k)), target_value="Benevolence", n_permutations=100,
+                        **NO_UNCERTAINTY) for k in range(20)]
+    null = runs[0]["nvat_null"]
+    assert null["n_permutations"] == 100 and 0.0 < null["mean"] < null["q95"] < 1.0
+    assert np.mean([r["nvat_null"]["mean"] for r in runs]) == pytest.approx(1 / math.sqrt(30 - 1), abs=0.02)
+    assert np.mean([r["nvat"] for r in runs]) == pytest.approx(np.mean([r["nvat_null"]["mean"] for r in runs]), abs=0.02)
+    p = np.array([r["nvat_null"]["p_value"] for r in runs])
+    assert 0.2 < np.median(p) < 0.8 and (p <= 0.05).sum() <= 5
+    coupled = compute_vat(**make_items(co_moving_scenes()), target_value="Benevolence", n_permutations=200,
+                          **NO_UNCERTAINTY)
+    assert coupled["nvat"] > coupled["nvat_null"]["q95"] + 0.1
+    assert coupled["nvat_null"]["p_value"] == pytest.approx(1 / 201)
+    # deterministic by seed; off with 0 permutations
+    again = compute_vat(**make_items(independent_scenes(seed=0)), target_value="Benevolence", n_permutations=100,
+                        **NO_UNCERTAINTY)
+    assert again["nvat_null"] == null
+    off = compute_vat(**make_items(independent_scenes(seed=0)), target_value="Benevolence", n_permutations=0,
+                      **NO_UNCERTAINTY)
+    assert off["nvat_null"] is None and off["nvat"] == runs[0]["nvat"]
+
+
 def test_coupling_of_co_moving_values():
     r = compute_vat(**make_items(co_moving_scenes()), target_value="Benevolence", **NO_UNCERTAINTY)
     c = np.array(r["coupling"], dtype=float)

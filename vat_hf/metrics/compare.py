@@ -64,6 +64,7 @@ def compare_interventions(results: Sequence[Dict[str, Any]]) -> List[Dict[str, A
             "vat_ci": _ci(m, "vat"),
             "nvat": m.get("nvat"),
             "nvat_ci": _ci(m, "nvat"),
+            "nvat_chance": (m.get("nvat_null") or {}).get("mean"),
             "gini": m.get("gini"),
             "gini_ci": _ci(m, "gini"),
         })
@@ -92,8 +93,14 @@ def _with_ci(x: Optional[float], ci: Optional[List[float]], digits: int = 3) -> 
     return s if ci is None else f"{s} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
+def _with_chance(x: Optional[float], chance: Optional[float], digits: int = 3) -> str:
+    s = _num(x, digits)
+    return s if chance is None else f"{s} (chance {chance:.{digits}f})"
+
+
 def comparison_markdown(rows: Sequence[Dict[str, Any]], digits: int = 3) -> str:
-    """Markdown table of :func:`compare_interventions` rows (intervals in brackets; a dagger
+    """Markdown table of :func:`compare_interventions` rows (intervals in brackets, nvat with
+    its level by chance; a dagger
     marks a strategy with the same gain but a different tax than another, named in the last
     column).
 
@@ -115,7 +122,7 @@ def comparison_markdown(rows: Sequence[Dict[str, Any]], digits: int = 3) -> str:
         name = r["name"] + (" \u2020" if r.get("same_gain_different_tax") else "")
         lines.append(
             f"| {name} | {r.get('target_value') or ''} | {_with_ci(r.get('gain'), r.get('gain_ci'), digits)} | "
-            f"{_with_ci(r.get('vat'), r.get('vat_ci'), digits)} | {_with_ci(r.get('nvat'), r.get('nvat_ci'), digits)} | "
+            f"{_with_ci(r.get('vat'), r.get('vat_ci'), digits)} | {_with_chance(r.get('nvat'), r.get('nvat_chance'), digits)} | "
             f"{_with_ci(r.get('gini'), r.get('gini_ci'), digits)} | {flag} |"
         )
     return "\n".join(lines)

@@ -161,12 +161,21 @@ def _value_rows(metric: Dict[str, Any], digits: int = 3) -> Tuple[List[str], Lis
     return head, rows
 
 
+def _chance(null: Optional[Dict[str, Any]], digits: int = 3) -> str:
+    """nvat is shown against its level by chance, not with its bootstrap interval: resampling
+    scenes with replacement duplicates them, which inflates rank correlations, so that interval
+    sits above the estimate (see the metric card)."""
+    if not null or null.get("mean") is None:
+        return ""
+    return f" (chance {null['mean']:.{digits}f}, p {null['p_value']:.2f})"
+
+
 def _summary_items(metric: Dict[str, Any], digits: int = 3) -> List[Tuple[str, str]]:
     ci = metric.get("ci") or {}
     items = [
         ("gain", _num(metric.get("gain"), digits, signed=True) + _iv(ci.get("gain"), digits)),
         ("vat", _num(metric.get("vat"), digits) + _iv(ci.get("vat"), digits)),
-        ("nvat", _num(metric.get("nvat"), digits) + _iv(ci.get("nvat"), digits)),
+        ("nvat", _num(metric.get("nvat"), digits) + _chance(metric.get("nvat_null"), digits)),
         ("gini", _num(metric.get("gini"), digits) + _iv(ci.get("gini"), digits)),
         ("circumplex consistency", _num(metric.get("circumplex_consistency"), digits, signed=True)),
     ]
@@ -571,7 +580,8 @@ def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Op
     # Markdown
     md = [f"# {title}", ""]
     md += ["## Comparison", "", comparison_markdown(rows), "",
-           "vat = mean |drift| of the non-target values / |gain|; nvat = RMS of the off-diagonal coupling; "
+           "vat = mean |drift| of the non-target values / |gain|; nvat = RMS of the off-diagonal coupling "
+           "(chance: its mean with each value's scene drifts shuffled); "
            "gini of |gnd| (0 = even tax). Brackets: bootstrap intervals over scenes. "
            "\u2020 = same gain (overlapping intervals) but a different tax (disjoint vat intervals).", ""]
     md += [f"![gain-tax plane](gain_tax.png)", ""] + [f"![value states]({f})" for f in radar_files] + [""]
@@ -598,7 +608,8 @@ def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Op
          f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
          f"<h1>{html.escape(title)}</h1>", "<h2>Comparison</h2>", _comparison_html(rows),
          "<p class=\"facts\">vat = mean |drift| of the non-target values / |gain|; nvat = RMS of the off-diagonal "
-         "coupling; gini of |gnd| (0 = even tax). Brackets: bootstrap intervals over scenes. "
+         "coupling (chance: its mean with each value's scene drifts shuffled); gini of |gnd| (0 = even tax). "
+         "Brackets: bootstrap intervals over scenes. "
          "&dagger; = same gain (overlapping intervals) but a different tax (disjoint vat intervals).</p>",
          '<div class="figs">', img("gain_tax.png", "gain-tax plane")]
     h += [img(f, "value states") for f in radar_files]
