@@ -390,7 +390,7 @@ def compute_vat(
     seed: int = 0,
     n_subsamples: int = 100,
     subsample_fraction: float = 0.8,
-    n_permutations: int = 200,
+    n_permutations: Optional[int] = None,
 ) -> Dict[str, Any]:
     """The Value Alignment Tax of one intervention, from paired item ratings.
 
@@ -413,7 +413,9 @@ def compute_vat(
             items present in the data). Every output is computed at this level.
         n_bootstrap, confidence, seed: scene bootstrap for ``ci`` (``n_bootstrap=0``: no ``ci``).
         n_subsamples, subsample_fraction: scene-subsample robustness check (0: none).
-        n_permutations: permutations for ``nvat_null``, the coupling expected by chance (0: none).
+        n_permutations: permutations for ``nvat_null``, the coupling expected by chance (0: none;
+            default 200 at the basic and higher-order levels, 0 at ``micro``, where each
+            permutation recomputes up to 1,540 pairwise-complete correlations: minutes).
 
     Returns:
         A JSON-ready dict; see the metric card (``vat_hf/metrics/vat/README.md``) for each key.
@@ -438,6 +440,8 @@ def compute_vat(
         raise ValueError(f"scale_max ({scale_max}) must be greater than scale_min ({scale_min})")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_permutations is None:
+        n_permutations = 0 if level == "micro" else 200
     if n_bootstrap < 0 or n_subsamples < 0 or n_permutations < 0:
         raise ValueError("n_bootstrap, n_subsamples and n_permutations must be >= 0")
     if not 0.0 < subsample_fraction <= 1.0:
@@ -582,9 +586,13 @@ def compute_vat(
     if n_permutations > 0 and not np.isnan(nvat):
         rng_perm = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
         null_pairs = [(i, j) for i in range(U) for j in range(i + 1, U) if not np.isnan(rho[i, j])]
+        present_rows = [np.flatnonzero(~np.isnan(scene_drift[:, u])) for u in range(U)]
         null = np.empty(n_permutations)
         for b in range(n_permutations):
-            shuffled = np.take_along_axis(scene_drift, rng_perm.random((S, U)).argsort(axis=0), axis=0)
+            # Shuffled among the scenes where the value has items: every pair keeps its scenes.
+            shuffled = scene_drift.copy()
+            for u, rows in enumerate(present_rows):
+                shuffled[rows, u] = scene_drift[rng_perm.permutation(rows), u]
             null[b] = nvat_of(_coupling_batch(shuffled, np.ones((1, S)), pairs=null_pairs)[0])[0]
         null = null[~np.isnan(null)]
         if null.size:

@@ -42,7 +42,7 @@ Args:
     n_bootstrap (`int`, defaults to 1000): scene-bootstrap resamples for `ci`; 0 disables it.
     confidence (`float`, defaults to 0.95), seed (`int`, defaults to 0): interval level and resampling seed.
     n_subsamples (`int`, defaults to 100), subsample_fraction (`float`, defaults to 0.8): robustness check (0 disables).
-    n_permutations (`int`, defaults to 200): shuffles for `nvat_null`, nvat by chance (0 disables).
+    n_permutations (`int`, defaults to 200; 0 at level "micro"): shuffles for `nvat_null`, nvat by chance (0 disables).
 Returns:
     target_value, level, values_order, gain, pre_state, post_state, drift, gnd, vat, coupling,
     coupling_pvalues, nvat, nvat_null, gini, hubs, circumplex_consistency, ci, robustness, p_values, n_items,
