@@ -27,9 +27,10 @@ def end_distributed(accelerator) -> None:
     freeing such a barrier, each waits for the other. py-spy on a hung worker showed exactly that
     (``~ProcessGroupGloo`` -> ``std::thread::join`` on the main thread; ``~AsyncBarrierWork`` ->
     ``~AsyncAllgatherWork`` -> ``decref_pyobject`` -> ``gil_scoped_acquire`` on the worker), in 2
-    of 7 two-process DPO runs on a loaded 2-core machine. Issuing the last barrier ourselves and
-    keeping its handle until the process exits means nothing Python-owned is freed on a worker
-    thread from then on; the handle is freed at interpreter exit, on the main thread.
+    of 5 two-process DPO runs on a loaded 2-core machine (none of 10 after). Issuing the last
+    barrier ourselves and keeping its handle until the process exits means nothing Python-owned
+    is freed on a worker thread from then on; the handle is freed at interpreter exit, on the
+    main thread.
     """
     import torch.distributed as dist
 
