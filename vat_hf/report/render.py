@@ -161,6 +161,14 @@ def _value_rows(metric: Dict[str, Any], digits: int = 3) -> Tuple[List[str], Lis
     return head, rows
 
 
+# The legend under every comparison table, in the Markdown and the HTML report alike.
+COMPARISON_LEGEND = (
+    "vat = mean |drift| of the non-target values / |gain|; nvat = RMS of the off-diagonal coupling "
+    "(chance: its mean with each value's scene drifts shuffled); gini of |gnd| (0 = even tax). "
+    "Brackets: bootstrap intervals over scenes. "
+    "\u2020 = same gain (overlapping intervals) but a different tax (disjoint vat intervals).")
+
+
 def _chance(null: Optional[Dict[str, Any]], digits: int = 3) -> str:
     """nvat is shown against its level by chance, not with its bootstrap interval: resampling
     scenes with replacement duplicates them, which inflates rank correlations, so that interval
@@ -580,10 +588,7 @@ def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Op
     # Markdown
     md = [f"# {title}", ""]
     md += ["## Comparison", "", comparison_markdown(rows), "",
-           "vat = mean |drift| of the non-target values / |gain|; nvat = RMS of the off-diagonal coupling "
-           "(chance: its mean with each value's scene drifts shuffled); "
-           "gini of |gnd| (0 = even tax). Brackets: bootstrap intervals over scenes. "
-           "\u2020 = same gain (overlapping intervals) but a different tax (disjoint vat intervals).", ""]
+           COMPARISON_LEGEND, ""]
     md += [f"![gain-tax plane](gain_tax.png)", ""] + [f"![value states]({f})" for f in radar_files] + [""]
     for r, s in zip(results, slugs):
         md += [f"## {r['name']}", ""]
@@ -607,10 +612,7 @@ def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Op
     h = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
          f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
          f"<h1>{html.escape(title)}</h1>", "<h2>Comparison</h2>", _comparison_html(rows),
-         "<p class=\"facts\">vat = mean |drift| of the non-target values / |gain|; nvat = RMS of the off-diagonal "
-         "coupling (chance: its mean with each value's scene drifts shuffled); gini of |gnd| (0 = even tax). "
-         "Brackets: bootstrap intervals over scenes. "
-         "&dagger; = same gain (overlapping intervals) but a different tax (disjoint vat intervals).</p>",
+         '<p class="facts">' + html.escape(COMPARISON_LEGEND) + "</p>",
          '<div class="figs">', img("gain_tax.png", "gain-tax plane")]
     h += [img(f, "value states") for f in radar_files]
     h.append("</div>")
