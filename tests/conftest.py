@@ -22,6 +22,21 @@ def tiny_model(tiny_model_dir):
     return load_model(str(tiny_model_dir), device="cpu", dtype="float32")
 
 
+@pytest.fixture(scope="session")
+def sharp_model(tiny_model_dir):
+    """The tiny model with weights scaled up, so attention patterns and positions change the
+    output distribution visibly (a random model at initial scale is almost uniform)."""
+    import torch
+
+    from vat_hf.models import load_model
+
+    loaded = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            p.mul_(4.0)
+    return loaded
+
+
 @pytest.fixture
 def lens_csv():
     if not LENS_CSV.exists():

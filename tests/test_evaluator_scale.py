@@ -33,19 +33,6 @@ def few_shot_prompt(k=4):
     return JudgePrompt(system="You value kindness above all.", demonstrations=demos, name=f"test-k{k}")
 
 
-@pytest.fixture(scope="module")
-def sharp_model(tiny_model_dir):
-    """The tiny model with weights scaled up, so attention patterns and positions change the
-    output distribution visibly (a random model at initial scale is almost uniform)."""
-    from vat_hf.models import load_model
-
-    loaded = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
-    with torch.no_grad():
-        for p in loaded.model.parameters():
-            p.mul_(4.0)
-    return loaded
-
-
 def max_diff(a, b, key="probs"):
     return max(abs(x - y) for r, s in zip(a, b) for x, y in zip(r[key], s[key]))
 

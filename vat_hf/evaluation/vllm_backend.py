@@ -7,16 +7,29 @@ How the options are scored: for each item, the prompt followed by each option is
 prompt with ``SamplingParams(max_tokens=1, prompt_logprobs=0)``, which returns the
 log-probability of every prompt token; the option's score is the sum over its tokens (one token
 for most tokenizers), exactly the ``logprob`` / ``logprob-multitoken`` scores of the transformers
-evaluator, and the five are renormalised the same way. The five prompts of an item share all but
-their last tokens, so with vLLM's automatic prefix caching (on by default here) the prompt is
-prefilled about once per item, and the few-shot prefix once per run. ``mode="generate"`` uses
-greedy decoding (``temperature=0``) and the same parser as the transformers evaluator.
+evaluator, and the five are renormalised the same way. ``mode="generate"`` uses greedy decoding
+(``temperature=0``) and the same parser as the transformers evaluator. Prompts go to vLLM as
+token ids encoded here without special tokens, as in the transformers path: a chat-templated
+text handed to vLLM as a string would be tokenized again with the tokenizer's special tokens
+(a second BOS for Llama 3).
+
+Automatic prefix caching is turned *off* for the scoring modes and left on for ``generate``.
+vLLM does not cache prompt log-probabilities: a request that asks for them recomputes its whole
+prompt even on a cache hit (vLLM's V1 guide, "Prompt Logprobs with Prefix Caching"), so the cache
+cannot save work here, and with it on the returned prompt log-probabilities have been seen to
+depend on the order of requests (vllm-project/vllm#42019, open in 2026). Each item therefore
+costs five prefills of its prompt; pass ``enable_prefix_caching=True`` to override.
+
+An adapter is served with vLLM's LoRA support; ``max_lora_rank`` is raised to the adapter's own
+rank (vLLM's default of 16 refuses the r=64 QLoRA recipes' adapters).
 
 Records have the same fields and ``mode`` values as :class:`vat_hf.evaluation.Evaluator`'s, and
 bad input (empty action, over-long prompt) gets the same recorded, explained outcomes. The
 judgment cache and data parallelism of the transformers path are not used here: vLLM does its
-own batching and tensor parallelism (``tensor_parallel_size=``). This module is not exercised by
-the test suite beyond its import guard (vLLM needs a GPU).
+own batching and tensor parallelism (``tensor_parallel_size=``). vLLM itself needs a GPU; the
+test suite drives this class through a stand-in ``vllm`` module backed by a transformers model
+(``tests/test_vllm_backend.py``) and checks that its judgments equal the transformers
+evaluator's.
 """
 
 from __future__ import annotations
@@ -47,6 +60,18 @@ def require_vllm():
     return vllm
 
 
+def adapter_rank(adapter: str) -> Optional[int]:
+    """The LoRA rank ``r`` in a local adapter folder's ``adapter_config.json`` (None if unknown)."""
+    import json
+    from pathlib import Path
+
+    config = Path(adapter) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    rank = json.loads(config.read_text(encoding="utf-8")).get("r")
+    return int(rank) if rank else None
+
+
 class VLLMEvaluator:
     """Judges items through a ``vllm.LLM``; ``judge(items)`` returns records like
     :meth:`vat_hf.evaluation.Evaluator.judge`."""
@@ -64,9 +89,12 @@ class VLLMEvaluator:
         self.truncation = truncation
         self.max_new_tokens = max_new_tokens
         self.progress = progress
-        llm_kwargs.setdefault("enable_prefix_caching", True)
+        llm_kwargs.setdefault("enable_prefix_caching", mode == MODE_GENERATE)
         if adapter:
             llm_kwargs.setdefault("enable_lora", True)
+            rank = adapter_rank(adapter)
+            if rank:
+                llm_kwargs.setdefault("max_lora_rank", max(16, rank))
         if max_length:
             llm_kwargs.setdefault("max_model_len", max_length)
         self.llm = vllm.LLM(model=self.model_path, dtype=dtype if dtype != "auto" else "auto", **llm_kwargs)
@@ -147,9 +175,10 @@ class VLLMEvaluator:
 
     def _generate(self, items, texts, outputs) -> None:
         sampling = self._vllm.SamplingParams(max_tokens=self.max_new_tokens, temperature=0.0)
-        order = [i for i in texts if self._fits(i, items, len(self.tokenizer.encode(texts[i], add_special_tokens=False)),
-                                                  outputs, reserve=self.max_new_tokens)]
-        results = self.llm.generate([texts[i] for i in order], sampling, use_tqdm=self.progress, lora_request=self._lora())
+        encoded = {i: self.tokenizer.encode(text, add_special_tokens=False) for i, text in texts.items()}
+        order = [i for i in texts if self._fits(i, items, len(encoded[i]), outputs, reserve=self.max_new_tokens)]
+        prompts = [{"prompt_token_ids": encoded[i]} for i in order]
+        results = self.llm.generate(prompts, sampling, use_tqdm=self.progress, lora_request=self._lora())
         for i, result in zip(order, results):
             text = result.outputs[0].text
             rating, reason = parse_rating(text)
