@@ -32,13 +32,13 @@ QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                   rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu")
 
 
-def build_model(path: Path, seed: int = 0) -> Path:
+def build_model(path: Path, seed: int = 0, tokenizer_dir=None) -> Path:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     from vat_hf.models import embedded_model_dir
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or embedded_model_dir())
     config = Qwen2Config(**QWEN25_05B, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
@@ -56,6 +56,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--output", help="also write the results as JSON here")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the embedded SmolLM2's)")
     args = parser.parse_args(argv)
 
     import torch
@@ -67,7 +68,7 @@ def main(argv=None) -> dict:
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu_train.py needs a CUDA GPU (this machine has none)")
     work = Path(tempfile.mkdtemp(prefix="vat-bench-gpu-"))
-    model_dir = build_model(work / "qwen2.5-0.5b-shaped")
+    model_dir = build_model(work / "qwen2.5-0.5b-shaped", tokenizer_dir=args.tokenizer)
     overrides = ["--model_name_or_path", str(model_dir), "--output_dir", str(work / "out"), "--max_steps", str(args.steps),
                  "--per_device_train_batch_size", str(args.batch_size), "--gradient_accumulation_steps", "1",
                  "--max_length", str(args.max_length), "--activation_checkpointing", str(args.gradient_checkpointing).lower(),

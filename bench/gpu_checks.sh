@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The GPU checks, as one command on a lent device machine (made ready here by bench/gpu_kit.sh,
+# sent with carry [".whl"]); about 5 minutes on an H100:
+#   1. bench_gpu_eval.py: a random Qwen2.5-7B-shaped model in bf16, ~160-token items, our
+#      evaluator against a bare `model(input_ids, logits_to_keep=1)` loop (goal >= 0.85x);
+#   2. bench_gpu_train.py: DPO-LoRA steps/s and peak memory on a Qwen2.5-0.5B shape.
+# Results and logs go to $OUT (the device tool brings them back), else outputs/bench.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-outputs/bench}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, transformers, trl, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)" | tee -a "$OUT/gpu.txt"
+timeout 300 python3 bench/bench_gpu_eval.py --tokenizer .whl/smollm2-tokenizer --n-items 2048 --repeats 3 2>&1 | tee "$OUT/gpu_eval.log"
+eval_rc=${PIPESTATUS[0]}
+timeout 180 python3 bench/bench_gpu_train.py --tokenizer .whl/smollm2-tokenizer --output "$OUT/gpu_train.json" 2>&1 | tail -40 | tee "$OUT/gpu_train.log"
+train_rc=${PIPESTATUS[0]}
+echo "bench_gpu_eval rc=$eval_rc bench_gpu_train rc=$train_rc"
+[ "$eval_rc" = 0 ] && [ "$train_rc" = 0 ]
