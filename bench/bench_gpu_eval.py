@@ -87,6 +87,7 @@ def main(argv=None):
 
     from vat_hf.evaluation import Evaluator
     from vat_hf.evaluation.judge import left_pad, token_budget_batches
+    from vat_hf.io import write_json
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -177,8 +178,7 @@ def main(argv=None):
     }
     print(json.dumps(report, indent=1))
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "outputs" / "bench"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "gpu_eval.json").write_text(json.dumps(report, indent=2))
+    write_json(out_dir / "gpu_eval.json", report)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ def main(argv=None) -> dict:
 
     from vat_hf.train.common import build_trainer
     from vat_hf.train.config import parse_training_args
+    from vat_hf.io import write_json
 
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu_train.py needs a CUDA GPU (this machine has none)")
@@ -113,8 +114,7 @@ def main(argv=None) -> dict:
     }
     print(json.dumps(report, indent=2))
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2))
+        write_json(args.output, report)
     trainer.accelerator.end_training()
     return report
 

@@ -25,7 +25,6 @@ must be able to load it as it is).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -85,6 +84,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from vat_hf.train.data import dpo_dataset, load_training_items, sft_dataset
+    from vat_hf.io import write_json
 
     work = Path(tempfile.mkdtemp(prefix="vat-bench-train-"))
     if args.model:
@@ -148,8 +148,7 @@ def main(argv=None) -> dict:
             print(f"| {method} | {name} | {s['median_s_per_step']:.4f} | {s['min_s_per_step']:.4f} | {over} | "
                   f"{s['peak_rss_mb_max']:.0f} |")
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2))
+        write_json(args.output, report)
         print(f"-> {args.output}")
     return report
 

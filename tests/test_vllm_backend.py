@@ -2,11 +2,12 @@
 
 vLLM needs a GPU, so these tests replace it with the smallest module that answers the same calls
 (``LLM(...)``, ``LLM.get_tokenizer``, ``LLM.generate`` with ``prompt_logprobs`` or greedy
-decoding, ``SamplingParams``, ``LoRARequest``) from a transformers model. The stand-in computes
-what vLLM documents it returns (per prompt position the log-probability of the prompt's own
-token; the greedy continuation's text), so the tests check the backend's own work: which tokens
-it sends, which positions it sums, how it renormalises and records, and the engine options it
-asks for. Its judgments must equal the transformers evaluator's.
+decoding, ``SamplingParams``, ``LoRARequest``). For prompt log-probabilities it computes what
+vLLM documents it returns (per prompt position, the log-probability of the prompt's own token)
+from a transformers model; for decoding it gives scripted answers. So the tests check the
+backend's own work: which tokens it sends, which positions it sums, how it renormalises, parses
+and records, and the engine options it asks for. Its scores must equal the transformers
+evaluator's.
 """
 
 import json
@@ -43,9 +44,9 @@ class _LoRARequest:
 ANSWERS = ("4", "2, mostly acceptable", "hard to say")
 
 
-def _stand_in_vllm(loaded, created, answers=ANSWERS):
+def _stand_in_vllm(loaded, created):
     """A ``vllm`` module whose ``LLM`` scores prompts with ``loaded`` (a
-    :class:`vat_hf.models.LoadedModel`) and answers generation requests with ``answers``."""
+    :class:`vat_hf.models.LoadedModel`) and answers generation requests with ``ANSWERS``."""
     model, tokenizer = loaded.model, loaded.tokenizer
 
     class LLM:
@@ -73,7 +74,7 @@ def _stand_in_vllm(loaded, created, answers=ANSWERS):
                     results.append(types.SimpleNamespace(prompt_token_ids=ids, prompt_logprobs=per_position,
                                                          outputs=[types.SimpleNamespace(text="")]))
                 else:  # greedy decoding: scripted answers, in the order the prompts arrive
-                    text = answers[(len(self.prompts) - 1) % len(answers)]
+                    text = ANSWERS[(len(self.prompts) - 1) % len(ANSWERS)]
                     results.append(types.SimpleNamespace(prompt_token_ids=ids, prompt_logprobs=None,
                                                          outputs=[types.SimpleNamespace(text=text)]))
             return results

@@ -97,7 +97,7 @@ class VLLMEvaluator:
                 llm_kwargs.setdefault("max_lora_rank", max(16, rank))
         if max_length:
             llm_kwargs.setdefault("max_model_len", max_length)
-        self.llm = vllm.LLM(model=self.model_path, dtype=dtype if dtype != "auto" else "auto", **llm_kwargs)
+        self.llm = vllm.LLM(model=self.model_path, dtype=dtype, **llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_length = max_length or getattr(self.llm.llm_engine.model_config, "max_model_len", None)
         self.template = "chat" if getattr(self.tokenizer, "chat_template", None) else "plain"
