@@ -3,9 +3,12 @@ run never leaves a truncated file that a later run would trust."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, List, Mapping, Union
@@ -53,18 +56,72 @@ def atomic_write(path: PathLike, write: Callable[[str], Any]) -> Path:
     return path
 
 
-def _atomic_write_text(path: PathLike, text: str) -> Path:
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`), fsynced before the rename."""
+
     def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
 
     return atomic_write(path, write)
 
 
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+_RENAME_EXCHANGE = 2  # renameat2(2) flag: swap two paths in one step (Linux >= 3.15)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` atomically; False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    ok = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+    return ok
+
+
+def atomic_write_dir(path: PathLike, build: Callable[[Path], Any]) -> Path:
+    """Build a directory with ``build(tmp_dir)`` beside ``path``, then put it in place of ``path``.
+
+    The old directory is never deleted first: where Linux can swap two paths in one step
+    (``renameat2(RENAME_EXCHANGE)``), readers see the whole old directory or the whole new one;
+    elsewhere the old one is renamed aside, the new one renamed in, and only then is the old one
+    removed, so an interruption leaves either directory whole (at worst under the aside name,
+    ``.<name>.old-<pid>``, beside it). A failed ``build`` leaves ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        build(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not path.exists():
+        os.replace(tmp, path)
+        return path
+    if _exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old directory
+        return path
+    aside = path.with_name(f".{path.name}.old-{os.getpid()}")
+    os.replace(path, aside)
+    os.replace(tmp, path)
+    shutil.rmtree(aside, ignore_errors=True)
+    return path
+
+
 def write_json(path: PathLike, obj: Any) -> Path:
-    return _atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
+    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
 
 
 def read_json(path: PathLike) -> Any:
@@ -73,7 +130,7 @@ def read_json(path: PathLike) -> Any:
 
 def write_jsonl(path: PathLike, records: Iterable[Mapping]) -> Path:
     lines = [json.dumps(to_jsonable(r), ensure_ascii=False) for r in records]
-    return _atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def iter_jsonl(path: PathLike) -> Iterator[dict]:
