@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -83,14 +83,20 @@ class UnknownValueError(ValueError):
     """A value name that is not in the taxonomy; the message lists the valid names."""
 
 
-def _key(name: str) -> str:
-    # Case- and punctuation-insensitive: "Self-Direction" == "self direction" == "SELF_DIRECTION".
+def name_key(name: str) -> str:
+    """The form in which names are compared: case- and punctuation-insensitive.
+
+    >>> name_key("Self-Direction") == name_key("self direction") == name_key("SELF_DIRECTION")
+    True
+    """
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
-_BASIC_BY_KEY = {_key(v): v for v in BASIC_VALUES}
-_MICRO_BY_KEY = {_key(m): m for m in MICRO_VALUES}
-_GROUP_BY_KEY = {_key(g): g for g in HIGHER_ORDER_GROUPS}
+
+
+_BASIC_BY_KEY = {name_key(v): v for v in BASIC_VALUES}
+_MICRO_BY_KEY = {name_key(m): m for m in MICRO_VALUES}
+_GROUP_BY_KEY = {name_key(g): g for g in HIGHER_ORDER_GROUPS}
 
 
 def canonical_value(name: str) -> str:
@@ -99,7 +105,7 @@ def canonical_value(name: str) -> str:
     >>> canonical_value("self direction")
     'Self-Direction'
     """
-    found = _BASIC_BY_KEY.get(_key(name))
+    found = _BASIC_BY_KEY.get(name_key(name))
     if found is None:
         raise UnknownValueError(f"unknown basic value {name!r}; valid names: {', '.join(BASIC_VALUES)}")
     return found
@@ -107,7 +113,7 @@ def canonical_value(name: str) -> str:
 
 def canonical_micro_value(name: str) -> str:
     """Return the canonical SVS item name for ``name`` (one of the 56)."""
-    found = _MICRO_BY_KEY.get(_key(name))
+    found = _MICRO_BY_KEY.get(name_key(name))
     if found is None:
         raise UnknownValueError(f"unknown value-survey item {name!r}; valid names: {', '.join(MICRO_VALUES)}")
     return found
@@ -115,10 +121,38 @@ def canonical_micro_value(name: str) -> str:
 
 def canonical_group(name: str) -> str:
     """Return the canonical higher-order group name for ``name``."""
-    found = _GROUP_BY_KEY.get(_key(name))
+    found = _GROUP_BY_KEY.get(name_key(name))
     if found is None:
         raise UnknownValueError(f"unknown higher-order group {name!r}; valid names: {', '.join(HIGHER_ORDER_GROUPS)}")
     return found
+
+
+VALUE_KINDS = ("auto", "basic", "micro")
+
+
+def resolve_value_pair(name: str, kind: str = "auto") -> Tuple[str, Optional[str]]:
+    """``(basic value, survey item or None)`` for a basic value or a survey item name.
+
+    ``kind``: ``"basic"`` accepts only basic values, ``"micro"`` only survey items, ``"auto"``
+    either (a basic value wins when a name is both).
+
+    >>> resolve_value_pair("honest"), resolve_value_pair("Benevolence")
+    (('Benevolence', 'Honest'), ('Benevolence', None))
+    """
+    if kind not in VALUE_KINDS:
+        raise ValueError(f"kind must be one of {VALUE_KINDS}, got {kind!r}")
+    key = name_key(name)
+    if kind in ("auto", "basic") and key in _BASIC_BY_KEY:
+        return _BASIC_BY_KEY[key], None
+    if kind in ("auto", "micro") and key in _MICRO_BY_KEY:
+        micro = _MICRO_BY_KEY[key]
+        return MICRO_VALUES[micro], micro
+    accepted = {
+        "basic": f"a basic value ({', '.join(BASIC_VALUES)})",
+        "micro": f"one of the 56 value-survey items ({', '.join(MICRO_VALUES)})",
+        "auto": f"a basic value ({', '.join(BASIC_VALUES)}) or one of the 56 value-survey items ({', '.join(MICRO_VALUES)})",
+    }[kind]
+    raise UnknownValueError(f"unknown value {name!r}; give {accepted}")
 
 
 def resolve_value(name: str) -> str:
@@ -127,15 +161,7 @@ def resolve_value(name: str) -> str:
     >>> resolve_value("Honest")
     'Benevolence'
     """
-    key = _key(name)
-    if key in _BASIC_BY_KEY:
-        return _BASIC_BY_KEY[key]
-    if key in _MICRO_BY_KEY:
-        return MICRO_VALUES[_MICRO_BY_KEY[key]]
-    raise UnknownValueError(
-        f"unknown value {name!r}; give a basic value ({', '.join(BASIC_VALUES)}) "
-        f"or one of the 56 value-survey items ({', '.join(MICRO_VALUES)})"
-    )
+    return resolve_value_pair(name)[0]
 
 
 def micro_values_of(value: str) -> List[str]:

@@ -1,9 +1,11 @@
 """Scenario–action items: the schema, the built-in set and the importers."""
 
 from vat_hf.data.builtin import load_builtin
-from vat_hf.data.schema import FIELDS, ITEM_FEATURES, ItemValidationError, to_dataset, validate_items
+from vat_hf.data.schema import FIELDS, ITEM_FEATURES, ItemValidationError, items_fingerprint, to_dataset, validate_items
+from vat_hf.data.sources import load_items
 
-__all__ = ["FIELDS", "ITEM_FEATURES", "ItemValidationError", "load_builtin", "to_dataset", "validate_items"]
+__all__ = ["FIELDS", "ITEM_FEATURES", "ItemValidationError", "items_fingerprint", "load_builtin", "load_items", "to_dataset",
+           "validate_items"]
 
 # Research-scale data: the ValueActionLens importer, column-mapped Hub/disk loading, pushing,
 # two-stage generation and quality checks (the `vat-hf data` command group, vat_hf.data.cli).

@@ -15,14 +15,14 @@ from typing import Dict, List, Optional
 import yaml
 
 from vat_hf.data.schema import validate_items
-from vat_hf.values import BASIC_VALUES, _key
+from vat_hf.values import BASIC_VALUES, name_key
 
 BUILTIN_FILE = "builtin_scenes.yaml"
 POLARITY_KEYS = {"express": 1, "against": -1}
 
 
 def _item_id(scene_id: str, value: str, polarity: int) -> str:
-    return f"{scene_id}/{_key(value)}/{'pos' if polarity > 0 else 'neg'}"
+    return f"{scene_id}/{name_key(value)}/{'pos' if polarity > 0 else 'neg'}"
 
 
 @lru_cache(maxsize=1)

@@ -39,7 +39,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import datasets
 
 from vat_hf.data.schema import FIELDS, ITEM_FEATURES, SPLITS, ItemValidationError, to_dataset
-from vat_hf.values import (BASIC_VALUES, MICRO_VALUES, VALUES, UnknownValueError, _key, canonical_micro_value,
+from vat_hf.values import (BASIC_VALUES, MICRO_VALUES, VALUES, UnknownValueError, name_key, canonical_micro_value,
                            canonical_value)
 
 from vat_hf import CITATION, PAPER_URL
