@@ -8,14 +8,14 @@ generator pipeline) produces rows of :data:`ITEM_FEATURES` and passes :func:`val
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import datasets
 
+from vat_hf.data.fields import POLARITIES, SPLITS
 from vat_hf.values import MICRO_VALUES, UnknownValueError, canonical_micro_value, canonical_value
-
-SPLITS = ("train", "test")
-POLARITIES = (1, -1)
 
 ITEM_FEATURES = datasets.Features(
     {
@@ -36,12 +36,24 @@ REQUIRED_TEXT_FIELDS = ("id", "scene_id", "country", "domain", "scenario", "acti
 
 
 class ItemValidationError(ValueError):
-    """A row that does not fit the item schema. Names the row, the field and the fix."""
+    """A row (or a table) that does not fit the item schema. Names the source when known, the row
+    (``None`` for the whole table), the field and the fix."""
 
-    def __init__(self, row: int, field: str, problem: str, fix: str, item_id: Optional[str] = None):
-        self.row, self.field, self.item_id = row, field, item_id
-        where = f"row {row}" + (f" (id {item_id!r})" if item_id else "")
-        super().__init__(f"{where}, field {field!r}: {problem}. Fix: {fix}")
+    def __init__(self, row: Optional[int], field: str, problem: str, fix: str, item_id: Optional[str] = None,
+                 source: Optional[str] = None):
+        self.row, self.field, self.problem, self.fix, self.item_id, self.source = row, field, problem, fix, item_id, source
+        super().__init__(row, field, problem, fix, item_id, source)
+
+    def where(self) -> List[str]:
+        """The parts of the message that say where: source, row (and id), field."""
+        parts = [str(self.source)] if self.source else []
+        if self.row is not None:
+            parts.append(f"row {self.row}" + (f" (id {self.item_id!r})" if self.item_id else ""))
+        parts.append(f"field {self.field!r}")
+        return parts
+
+    def __str__(self) -> str:
+        return f"{', '.join(self.where())}: {self.problem}. Fix: {self.fix}"
 
 
 def normalize_item(row: Mapping[str, Any], index: int) -> Dict[str, Any]:
@@ -130,9 +142,6 @@ def items_fingerprint(items: Iterable[Mapping[str, Any]]) -> str:
     >>> items_fingerprint([{"id": "a"}]) == items_fingerprint([{"id": "a", "extra": 1}])
     True
     """
-    import hashlib
-    import json
-
     digest = hashlib.sha256()
     for item in items:
         row = {field: item.get(field) for field in FIELDS}
@@ -140,7 +149,3 @@ def items_fingerprint(items: Iterable[Mapping[str, Any]]) -> str:
         digest.update(b"\n")
     return digest.hexdigest()
 
-
-def dataset_items(ds: "datasets.Dataset | Iterable[Mapping[str, Any]]") -> List[Dict[str, Any]]:
-    """Rows of a Dataset (or any iterable of mappings) as validated item dicts."""
-    return validate_items(ds)
