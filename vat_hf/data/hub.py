@@ -30,7 +30,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from vat_hf import CITATION, PAPER_URL
 from vat_hf.data.quality import check_items, quality_summary
-from vat_hf.data.schema import FIELDS, ITEM_FEATURES, to_dataset
+from vat_hf.data.schema import FIELD_DOCS, FIELDS, ITEM_FEATURES, to_dataset
 from vat_hf.data.storage import METADATA_FILE, items_metadata, read_items, read_metadata, split_parts
 from vat_hf.io import atomic_write_bytes
 from vat_hf.values import BASIC_VALUES, MICRO_VALUES, VALUES
@@ -45,18 +45,6 @@ CARD_TAGS = ["schwartz-values", "value-alignment", "scenario-action", "vat-hf"]
 # The dataset card
 # ---------------------------------------------------------------------------------------------
 
-FIELD_DOCS = {
-    "id": "unique id of the item",
-    "scene_id": "the scene; all items of a scene share it, and splits are assigned per scene",
-    "country": "country the scene is set in",
-    "domain": "social domain (topic) of the scene",
-    "scenario": "the concrete situation, 1-3 sentences",
-    "action": "one action in the first person (\"I ...\")",
-    "value": "the basic Schwartz value the action is about (one of ten)",
-    "micro_value": "the Schwartz Value Survey item, when the source has one (else null)",
-    "polarity": "+1: the action expresses the value; -1: it goes against it",
-    "split": "`train` (material for alignment interventions) or `test` (evaluation); per scene",
-}
 NOT_CONSTRUCTION = ("citation", "vat_hf_item_set", "quality", "license", "pretty_name")  # shown elsewhere in the card
 MAX_CELL_CHARS = 600
 

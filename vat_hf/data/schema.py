@@ -17,20 +17,23 @@ import datasets
 from vat_hf.data.fields import POLARITIES, SPLITS
 from vat_hf.values import MICRO_VALUES, UnknownValueError, canonical_micro_value, canonical_value
 
-ITEM_FEATURES = datasets.Features(
-    {
-        "id": datasets.Value("string"),  # unique across the set
-        "scene_id": datasets.Value("string"),  # items of one scene share it; splits are per scene
-        "country": datasets.Value("string"),
-        "domain": datasets.Value("string"),  # the social domain (topic), e.g. "Work Orientation"
-        "scenario": datasets.Value("string"),  # a concrete situation, 1-3 sentences
-        "action": datasets.Value("string"),  # first person: "I ..."
-        "value": datasets.Value("string"),  # canonical basic value (vat_hf.values.BASIC_VALUES)
-        "micro_value": datasets.Value("string"),  # optional SVS item; None when the source has none
-        "polarity": datasets.Value("int8"),  # +1 expresses the value, -1 goes against it
-        "split": datasets.Value("string"),  # "train" (material for interventions) or "test"
-    }
-)
+FIELD_DOCS = {
+    "id": "unique id of the item (vat_hf.data.fields.item_id for sources that make one)",
+    "scene_id": "the scene; all items of a scene share it, and splits are assigned per scene",
+    "country": "country the scene is set in",
+    "domain": "social domain (topic) of the scene, e.g. \"Work Orientation\"",
+    "scenario": "the concrete situation, 1-3 sentences",
+    "action": "one action in the first person (\"I ...\")",
+    "value": "the basic Schwartz value the action is about (one of ten, vat_hf.values.BASIC_VALUES)",
+    "micro_value": "the Schwartz Value Survey item, when the source has one (else null)",
+    "polarity": "+1: the action expresses the value; -1: it goes against it",
+    "split": "`train` (material for alignment interventions) or `test` (evaluation); per scene",
+}
+"""What each field means: the one description, shown in dataset cards."""
+ITEM_FEATURES = datasets.Features({
+    **{name: datasets.Value("string") for name in FIELD_DOCS},
+    "polarity": datasets.Value("int8"),
+})
 FIELDS = tuple(ITEM_FEATURES)
 REQUIRED_TEXT_FIELDS = ("id", "scene_id", "country", "domain", "scenario", "action", "value", "split")
 
