@@ -61,6 +61,12 @@ def _make(tmp_path, form):
         p.write_text(_jsonl(ITEMS))
     elif form == "not_schema.jsonl":
         p.write_text(_jsonl([{"text": "hello", "label": 1}]))
+    elif form == "build_folder":  # a `vat-hf data build` output: the items are one file inside it
+        save_items(ds, p / "items.jsonl", failures=[{"row": 1, "reason": "r"}])
+        (p / "stage1").mkdir()
+        (p / "build.json").write_text("{}")
+    elif form == "empty_folder":
+        p.mkdir()
     elif form == "missing.jsonl":
         pass
     elif form == "./missing_folder":
@@ -70,7 +76,7 @@ def _make(tmp_path, form):
 
 GOOD = ["items.jsonl", "items.json", "items.csv", "items.parquet", "items.pq", "items.jsonl.gz", "items.csv.bz2", "items.zip",
         "saved_dataset", "saved_dataset_dict", "hub_layout", "folder_of_files"]
-BAD = ["items.txt", "not_schema.jsonl", "missing.jsonl", "./missing_folder"]
+BAD = ["items.txt", "not_schema.jsonl", "build_folder", "empty_folder", "missing.jsonl", "./missing_folder"]
 
 
 @pytest.mark.parametrize("form", GOOD + BAD)
@@ -95,6 +101,8 @@ def test_data_check_and_load_items_accept_the_same_sources(tmp_path, form):
     else:
         assert "error:" in checked.output
         assert source.split("/")[-1].replace("./", "") in str(refusal)
+        if form == "build_folder":
+            assert f"give the item file itself: {source}/items.jsonl" in str(refusal)
 
 
 def test_read_errors_name_the_file_row_field_and_fix(tmp_path):

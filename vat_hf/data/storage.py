@@ -10,7 +10,7 @@ Sources (:func:`read_table`):
   CSV, as the released ValueActionLens corpus does);
 * a ``save_to_disk`` folder (a ``Dataset`` or a ``DatasetDict``);
 * a folder of data files, for example one laid out for the Hub (``README.md`` + ``data/``);
-* a URL of a file;
+* a URL of a file (``https://``, ``hf://datasets/<repo>/<file>``, any fsspec protocol);
 * a Hub dataset id (``datasets.load_dataset``: config, split and revision are passed through).
 
 :func:`read_items` checks that a table is in the item schema and validates it
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import datasets
 
@@ -79,6 +79,12 @@ def is_disk_dataset(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in DISK_DATASET_FILES)
 
 
+def _saved_item_files(folder: Path) -> List[Path]:
+    """The item set files :func:`save_items` wrote into ``folder`` (those with a metadata sidecar)."""
+    return [p for p in sorted(folder.iterdir())
+            if p.is_file() and p.suffix and not p.name.endswith(".meta.json") and metadata_path(p).is_file()]
+
+
 def read_table(source: PathLike, config: Optional[str] = None, split: Optional[str] = None,
                revision: Optional[str] = None, **builder_kwargs: Any) -> datasets.Dataset:
     """Any table as one :class:`datasets.Dataset`, columns untouched (see the module docstring).
@@ -89,13 +95,17 @@ def read_table(source: PathLike, config: Optional[str] = None, split: Optional[s
     text = str(source)
     path = Path(text).expanduser()
     loaded: Any
-    if "://" in text and not text.startswith("hf://"):
+    if "://" in text:  # a URL of a file: https://, hf://datasets/..., s3:// ...
         loaded = datasets.load_dataset(file_builder(text), data_files=text, split=split or "train", **builder_kwargs)
     elif is_disk_dataset(path):
         loaded = datasets.load_from_disk(str(path))
     elif path.is_file():
         loaded = datasets.load_dataset(file_builder(path.name), data_files=str(path), split="train", **builder_kwargs)
     elif path.is_dir():
+        saved = _saved_item_files(path)
+        if saved and not (path / "README.md").exists():  # e.g. a `vat-hf data build` folder
+            raise ValueError(f"{path} is a folder holding saved item set file(s) and their sidecars, not a dataset; "
+                             f"give the item file itself: {', '.join(str(p) for p in saved)}")
         loaded = datasets.load_dataset(str(path), split=split, **builder_kwargs)
     elif text.startswith((".", "/", "~")) or text.count("/") > 1 or path.suffix.lower() in (*FILE_BUILDERS, *COMPRESSIONS):
         raise FileNotFoundError(f"item source {text!r} does not exist; give {ACCEPTED_SOURCES}")
