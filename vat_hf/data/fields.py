@@ -62,6 +62,9 @@ class SplitConflictError(ValueError):
         self.scene, self.row = scene, row
         super().__init__(f"scene {scene!r} has a split on some rows and none on others (first without one: row {row})")
 
+    def __reduce__(self):  # picklable across processes despite the custom signature
+        return type(self), (self.scene, self.row)
+
 
 def fill_splits(rows: Sequence[MutableMapping[str, Any]], seed: int = 0,
                 train_fraction: float = DEFAULT_TRAIN_FRACTION) -> None:

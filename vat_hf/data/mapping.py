@@ -53,7 +53,9 @@ class ColumnMappingError(ItemValidationError):
                  source: Optional[str] = None):
         super().__init__(row, field, problem, fix, source=source)
         self.column = column
-        self.args = (row, field, column, problem, fix, source)
+
+    def __reduce__(self):
+        return type(self), (self.row, self.field, self.column, self.problem, self.fix, self.source)
 
     def where(self) -> List[str]:
         parts = super().where()

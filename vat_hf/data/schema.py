@@ -45,7 +45,7 @@ class ItemValidationError(ValueError):
     def __init__(self, row: Optional[int], field: str, problem: str, fix: str, item_id: Optional[str] = None,
                  source: Optional[str] = None):
         self.row, self.field, self.problem, self.fix, self.item_id, self.source = row, field, problem, fix, item_id, source
-        super().__init__(row, field, problem, fix, item_id, source)
+        super().__init__(row, field, problem, fix)
 
     def where(self) -> List[str]:
         """The parts of the message that say where: source, row (and id), field."""
@@ -57,6 +57,9 @@ class ItemValidationError(ValueError):
 
     def __str__(self) -> str:
         return f"{', '.join(self.where())}: {self.problem}. Fix: {self.fix}"
+
+    def __reduce__(self):  # picklable with a source set after the error was made
+        return type(self), (self.row, self.field, self.problem, self.fix, self.item_id, self.source)
 
 
 def normalize_item(row: Mapping[str, Any], index: int) -> Dict[str, Any]:
