@@ -8,7 +8,7 @@ import pytest
 
 from vat_hf.data.generate import (STAGE1_PREFIX, STAGE2_PREFIX, BuildConfig, HFGenerator, build_items, check_action_pair,
                                   parse_scenarios)
-from vat_hf.data.lens import ParseError
+from vat_hf.data.parsing import ParseError
 from vat_hf.data.schema import ITEM_FEATURES
 from vat_hf.io import read_json
 

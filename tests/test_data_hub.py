@@ -9,9 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from vat_hf.data.hub import (ColumnMapping, ColumnMappingError, assign_splits, dataset_card, load_mapped, polarity_of,
-                             push_to_hub, read_items, save_items)
+from vat_hf.data.fields import assign_splits, polarity_of
+from vat_hf.data.hub import dataset_card, push_to_hub
+from vat_hf.data.mapping import ColumnMapping, ColumnMappingError, load_mapped, map_items
 from vat_hf.data.schema import FIELDS, ITEM_FEATURES, to_dataset
+from vat_hf.data.storage import read_items, save_items
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,12 +145,12 @@ def test_unmappable_values_name_column_row_and_spellings(tmp_path):
     with pytest.raises(ColumnMappingError) as err:
         load_mapped(path, MAPPING)
     message = str(err.value)
-    assert message.startswith("row 3, column 'Label' (field 'polarity'): 'kind of' is not a polarity")
+    assert message.startswith(f"{path}, row 3, column 'Label' (field 'polarity'): 'kind of' is not a polarity")
     assert "positive/negative" in message and "1 more rows fail" in message
     assert err.value.row == 3 and err.value.column == "Label"
     items, failures = load_mapped(path, {**MAPPING, "on_error": "skip"}, return_failures=True)
     assert len(items) == 4 and [f["row"] for f in failures] == [3, 4]
-    assert failures[1]["column"] == "Item" and "56 survey items" in failures[1]["fix"]
+    assert failures[1]["column"] == "Item" and "56 value-survey items" in failures[1]["fix"]
     # an extra spelling makes row 3 mappable
     items = load_mapped(path, {**MAPPING, "on_error": "skip", "polarity_values": {"kind of": -1}})
     assert len(items) == 5
@@ -203,7 +205,7 @@ def test_tinyhope_recipe_is_a_valid_mapping():
     # a table shaped as the recipe expects maps cleanly
     rows = [{"country": r["Country"], "topic": r["Topic"], "value": r["Item"], "polarity": "positive" if r["Label"] == "support" else "negative",
              "scenario": r["Situation"], "action": r["Act"]} for r in FOREIGN]
-    items, failures = __import__("vat_hf.data.hub", fromlist=["map_items"]).map_items(datasets.Dataset.from_list(rows), mapping)
+    items, failures = map_items(datasets.Dataset.from_list(rows), mapping)
     assert len(items) == 6 and not failures
     assert ColumnMapping.from_yaml(REPO / "recipes" / "data" / "value_action_lens.yaml").action_field == "Human Action"
 
@@ -239,18 +241,30 @@ def test_save_and_read_items_round_trip(tmp_path, name):
     assert json.loads(back.info.description)["generator"] == "test-gen"
 
 
-def test_dataset_card_sections():
+def test_dataset_card_loads_back_with_huggingface_hub(tmp_path):
+    """The card is built with DatasetCardData; huggingface_hub and datasets read its metadata back."""
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCard
+
     card = dataset_card(_items(), repo_id="me/items", license="cc-by-4.0")
-    front = yaml.safe_load(card.split("---")[1])
-    assert front["license"] == "cc-by-4.0"
-    assert front["configs"][0]["data_files"] == [{"split": "train", "path": "data/train-*.parquet"},
-                                                 {"split": "test", "path": "data/test-*.parquet"}]
+    card.save(tmp_path / "README.md")
+    back = DatasetCard.load(tmp_path / "README.md")
+    data = back.data
+    assert data.license == "cc-by-4.0" and data.language == ["en"] and data.pretty_name == "items"
+    assert data.size_categories == ["n<1K"] and "vat-hf" in data.tags
+    assert data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"},
+                                                                     {"split": "test", "path": "data/test-*.parquet"}]}]
+    info = DatasetInfosDict.from_dataset_card_data(data)["default"]
+    assert info.features == ITEM_FEATURES
+    assert {name: split.num_examples for name, split in info.splits.items()} == {"train": 4, "test": 8}
+    assert all(split.num_bytes > 0 for split in info.splits.values())
+    text = back.text
     for section in ("## Schema", "## Taxonomy", "## Construction", "## Splits", "## Licence", "## Citation"):
-        assert section in card
+        assert section in text
     for field in FIELDS:
-        assert f"`{field}`" in card
-    assert "Universalism" in card and "test-gen" in card and "chen2026valuealignmenttax" in card
-    assert "| train | 4 | 1 |" in card and "| test | 8 | 2 |" in card
+        assert f"`{field}`" in text
+    assert "Universalism" in text and "test-gen" in text and "chen2026valuealignmenttax" in text
+    assert "| train | 4 | 1 |" in text and "| test | 8 | 2 |" in text
 
 
 class Capture:
@@ -322,6 +336,7 @@ def test_push_to_hub_is_captured_offline(monkeypatch):
     assert card == result.card and "license: mit" in card and "## Quality checks" in card
     meta = json.loads(files["vat_hf_metadata.json"])
     assert meta["generator"] == "test-gen" and meta["seed"] == 7 and meta["quality"]["ok"] is True
+    assert meta["item_id_version"] == 2 and "| `item_id_version` | 2 |" in card
 
 
 def test_push_refuses_a_leaky_set(monkeypatch):
@@ -344,6 +359,10 @@ def test_cli_push_dry_run_and_captured(monkeypatch, tmp_path):
     res = runner.invoke(app, ["push", str(saved), "me/vat-items", "--dry-run", str(tmp_path / "upload")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "upload" / "README.md").exists() and (tmp_path / "upload" / "data" / "test-00000-of-00001.parquet").exists()
+    # what load_dataset(repo_id) would read: the card's configs map each split to its file
+    uploaded = datasets.load_dataset(str(tmp_path / "upload"), cache_dir=str(tmp_path / "cache"))
+    assert sorted(uploaded) == ["test", "train"] and uploaded["train"].features == ITEM_FEATURES
+    assert uploaded["train"].to_list() + uploaded["test"].to_list() == read_items(saved).to_list()
     cap = Capture(monkeypatch)
     res = runner.invoke(app, ["push", str(saved), "me/vat-items", "--license", "mit"])
     assert res.exit_code == 0, res.output

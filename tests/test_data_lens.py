@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from vat_hf.data.lens import (LENS_ROWS, SCENARIO_TEMPLATE, ParseError, extract_field, import_value_action_lens,
-                              lens_scenario, parse_structured)
+from vat_hf.data.fields import SCENARIO_TEMPLATE, render_scenario
+from vat_hf.data.lens import ACTION_KEY, LENS_ROWS, import_value_action_lens
+from vat_hf.data.parsing import ParseError, extract_field, parse_structured
 from vat_hf.values import BASIC_VALUES, MICRO_VALUES
 
 ACTION = "I volunteer at the food bank every week."
@@ -50,7 +51,7 @@ MESSY = [
 
 @pytest.mark.parametrize("answer, expected, how", MESSY)
 def test_forgiving_parser_on_messy_answers(answer, expected, how):
-    result = extract_field(answer)
+    result = extract_field(answer, ACTION_KEY)
     assert result.value == expected
     if expected is None:
         assert result.method == "failed" and how in result.reason
@@ -71,8 +72,8 @@ def test_parse_structured_kinds_and_errors():
 
 def test_scenario_template():
     assert SCENARIO_TEMPLATE.count("{") == 2
-    assert lens_scenario("India", "Work Orientation") == "I live in India, and I am facing a situation related to work orientation."
-    assert lens_scenario("Philippines", "Religion").startswith("I live in the Philippines,")
+    assert render_scenario("India", "Work Orientation") == "I live in India, and I am facing a situation related to work orientation."
+    assert render_scenario("Philippines", "Religion").startswith("I live in the Philippines,")
 
 
 def _write_corpus(path, rows):
@@ -121,7 +122,7 @@ def test_import_small_corpus_maps_every_field_and_reports_failures(small_corpus)
     assert first["scene_id"] == "vl/india/politics"
     assert first["id"] == "vl/india/politics/honest/pos"
     assert first["micro_value"] == "Honest" and first["value"] == "Benevolence" and first["polarity"] == 1
-    assert first["domain"] == "Politics" and first["scenario"] == lens_scenario("India", "Politics")
+    assert first["domain"] == "Politics" and first["scenario"] == render_scenario("India", "Politics")
     assert first["action"] == "I act on Honest in Politics in India, positive."
     assert ds[1]["polarity"] == -1
     assert set(ds["value"]) == {"Benevolence", "Power", "Self-Direction"}
@@ -157,7 +158,7 @@ def test_cli_import_writes_items_and_failures(small_corpus, tmp_path):
     from typer.testing import CliRunner
 
     from vat_hf.data.cli import app
-    from vat_hf.data.hub import read_items
+    from vat_hf.data.storage import read_items
     from vat_hf.io import read_jsonl
 
     path, _ = small_corpus

@@ -11,8 +11,10 @@ vat-hf assigns it to **Openness to Change**, as the European Social Survey's ana
 do; :data:`HEDONISM_ALSO_IN` records the other group for readers who want the alternative.
 
 Every name that enters vat-hf (from a recipe, a CLI flag, a dataset column) goes through
-:func:`canonical_value`, :func:`canonical_micro_value` or :func:`canonical_group`, so
-"self direction", "Self-Direction" and "SELF_DIRECTION" are the same value everywhere.
+:func:`canonical_value`, :func:`canonical_micro_value`, :func:`canonical_group` or, where a
+name may be a basic value or a survey item, :func:`resolve_value_pair`; all compare names by
+:func:`name_key`, so "self direction", "Self-Direction" and "SELF_DIRECTION" are the same value
+everywhere.
 """
 
 from __future__ import annotations
@@ -92,8 +94,6 @@ def name_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
-
-
 _BASIC_BY_KEY = {name_key(v): v for v in BASIC_VALUES}
 _MICRO_BY_KEY = {name_key(m): m for m in MICRO_VALUES}
 _GROUP_BY_KEY = {name_key(g): g for g in HIGHER_ORDER_GROUPS}
@@ -130,6 +130,19 @@ def canonical_group(name: str) -> str:
 VALUE_KINDS = ("auto", "basic", "micro")
 
 
+def accepted_values(kind: str = "auto") -> str:
+    """The names :func:`resolve_value_pair` accepts for ``kind``, in words (for error messages).
+
+    >>> accepted_values("basic")[:38], accepted_values("micro")[:32]
+    ('a basic value (Self-Direction, Stimula', 'one of the 56 value-survey items')
+    """
+    if kind not in VALUE_KINDS:
+        raise ValueError(f"kind must be one of {VALUE_KINDS}, got {kind!r}")
+    basic = f"a basic value ({', '.join(BASIC_VALUES)})"
+    micro = f"one of the {len(MICRO_VALUES)} value-survey items ({', '.join(MICRO_VALUES)})"
+    return {"basic": basic, "micro": micro, "auto": f"{basic} or {micro}"}[kind]
+
+
 def resolve_value_pair(name: str, kind: str = "auto") -> Tuple[str, Optional[str]]:
     """``(basic value, survey item or None)`` for a basic value or a survey item name.
 
@@ -139,19 +152,13 @@ def resolve_value_pair(name: str, kind: str = "auto") -> Tuple[str, Optional[str
     >>> resolve_value_pair("honest"), resolve_value_pair("Benevolence")
     (('Benevolence', 'Honest'), ('Benevolence', None))
     """
-    if kind not in VALUE_KINDS:
-        raise ValueError(f"kind must be one of {VALUE_KINDS}, got {kind!r}")
+    accepted = accepted_values(kind)
     key = name_key(name)
     if kind in ("auto", "basic") and key in _BASIC_BY_KEY:
         return _BASIC_BY_KEY[key], None
     if kind in ("auto", "micro") and key in _MICRO_BY_KEY:
         micro = _MICRO_BY_KEY[key]
         return MICRO_VALUES[micro], micro
-    accepted = {
-        "basic": f"a basic value ({', '.join(BASIC_VALUES)})",
-        "micro": f"one of the 56 value-survey items ({', '.join(MICRO_VALUES)})",
-        "auto": f"a basic value ({', '.join(BASIC_VALUES)}) or one of the 56 value-survey items ({', '.join(MICRO_VALUES)})",
-    }[kind]
     raise UnknownValueError(f"unknown value {name!r}; give {accepted}")
 
 

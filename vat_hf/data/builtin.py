@@ -2,8 +2,9 @@
 
 ``builtin_scenes.yaml`` holds scenes; each scene has, for each of the ten basic values, one
 action that expresses it and one that goes against it. :func:`load_builtin` flattens it into
-items of :data:`vat_hf.data.schema.ITEM_FEATURES` (20 per scene). Splits are set per scene in
-the file (about a third ``train``, the rest ``test``).
+items of :data:`vat_hf.data.schema.ITEM_FEATURES` (20 per scene), with ids from
+:func:`vat_hf.data.fields.item_id` (``us-work-01/self-direction/pos``). Splits are set per scene in
+the file (11 scenes ``train``, 22 ``test``).
 """
 
 from __future__ import annotations
@@ -14,15 +15,11 @@ from typing import Dict, List, Optional
 
 import yaml
 
+from vat_hf.data.fields import POLARITY_WORDS, item_id
 from vat_hf.data.schema import validate_items
-from vat_hf.values import BASIC_VALUES, name_key
+from vat_hf.values import BASIC_VALUES
 
 BUILTIN_FILE = "builtin_scenes.yaml"
-POLARITY_KEYS = {"express": 1, "against": -1}
-
-
-def _item_id(scene_id: str, value: str, polarity: int) -> str:
-    return f"{scene_id}/{name_key(value)}/{'pos' if polarity > 0 else 'neg'}"
 
 
 @lru_cache(maxsize=1)
@@ -33,10 +30,10 @@ def _builtin_items() -> tuple:
     for scene in scenes:
         for value in BASIC_VALUES:
             pair = scene["actions"][value]
-            for key, polarity in POLARITY_KEYS.items():
+            for polarity, key in POLARITY_WORDS.items():
                 rows.append(
                     {
-                        "id": _item_id(scene["scene_id"], value, polarity),
+                        "id": item_id(scene["scene_id"], value, polarity),
                         "scene_id": scene["scene_id"],
                         "country": scene["country"],
                         "domain": scene["domain"],

@@ -7,19 +7,22 @@
     vat-hf data check outputs/data/value-action-lens
     vat-hf data push outputs/data/value-action-lens me/value-action-lens-items [--dry-run DIR]
 
-Every command writes or reads the one item schema (``vat_hf.data.schema``). Item sets are saved as
-a ``save_to_disk`` folder, or ``.jsonl``/``.parquet``/``.csv`` by the output's suffix.
+Every command writes or reads the one item schema (``vat_hf.data.schema``) through the one storage
+module (``vat_hf.data.storage``: the sources ``vat-hf eval``, ``vat-hf run`` and training accept).
+Item sets are saved as a ``save_to_disk`` folder, or ``.jsonl``/``.parquet``/``.csv`` by the
+output's suffix.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from vat_hf.data.fields import DEFAULT_TRAIN_FRACTION
 
 app = typer.Typer(help="Import, load, build, check and push scenario–action item sets.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -38,7 +41,7 @@ def _split_list(text: Optional[str]) -> Optional[List[str]]:
 
 
 def _mapping(mapping: Optional[Path], maps: Optional[List[str]], **options: Any):
-    from vat_hf.data.hub import ColumnMapping, parse_map_flags
+    from vat_hf.data.mapping import ColumnMapping, parse_map_flags
 
     base = ColumnMapping.from_yaml(mapping).to_dict() if mapping else ColumnMapping().to_dict()
     base["columns"] = {**base["columns"], **parse_map_flags(maps or [])}
@@ -74,11 +77,11 @@ def import_value_action_lens_cmd(
     output: Path = typer.Option(Path("outputs/data/value-action-lens"), "--output", "-o",
                                 help="Where to save the items: a folder (save_to_disk), or .jsonl/.parquet/.csv."),
     seed: int = typer.Option(0, help="Seed of the per-scene split assignment."),
-    train_fraction: float = typer.Option(1 / 3, help="Fraction of scenes in the train split."),
+    train_fraction: float = typer.Option(DEFAULT_TRAIN_FRACTION, help="Fraction of scenes in the train split."),
 ):
     """Import the ValueActionLens corpus (country x topic scenes, 56 survey items, +/-1) into the item schema."""
-    from vat_hf.data.hub import save_items
     from vat_hf.data.lens import import_value_action_lens
+    from vat_hf.data.storage import failures_path, save_items
 
     try:
         result = import_value_action_lens(source, seed=seed, train_fraction=train_fraction)
@@ -91,8 +94,7 @@ def import_value_action_lens_cmd(
     console.print(f"recovered {result.n_recovered} of {result.n_rows} rows in {result.seconds:.1f} s "
                   f"(parser: {', '.join(f'{k} {v}' for k, v in sorted(result.methods.items()))}); "
                   f"{scenes} scenes; train {n_train} items, test {len(ds) - n_train} items -> {path}")
-    fail_path = path / "failures.jsonl" if path.is_dir() else path.with_name(f"{path.stem}.failures.jsonl")
-    _print_failures(result.failures, fail_path)
+    _print_failures(result.failures, failures_path(path))
 
 
 @app.command("load")
@@ -114,14 +116,15 @@ def load_cmd(
     on_error: Optional[str] = typer.Option(None, help="raise (default) or skip: skipped rows are listed."),
 ):
     """Load any dataset (Hub or disk) with other column names into the item schema and save it."""
-    from vat_hf.data.hub import ColumnMappingError, load_mapped, save_items
+    from vat_hf.data.mapping import load_mapped
+    from vat_hf.data.storage import save_items
 
     try:
         cmap = _mapping(mapping, maps, config=config, source_split=source_split, value_kind=value_kind,
                         scenario_template=scenario_template, action_field=action_field, polarity_values=polarity_values,
                         seed=seed, train_fraction=train_fraction, on_error=on_error)
         items, failures = load_mapped(source, cmap, return_failures=True)
-    except (ColumnMappingError, ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     path = save_items(items, output, failures=failures if failures else None)
     console.print(f"{len(items)} items in {len(set(items['scene_id']))} scenes -> {path}")
@@ -150,6 +153,7 @@ def build_cmd(
 ):
     """Build a new item set in two stages with a generator model (scenarios, then actions)."""
     from vat_hf.data.generate import BuildConfig, build_items
+    from vat_hf.data.storage import failures_path
     from vat_hf.io import read_jsonl
 
     given = read_jsonl(scenarios) if scenarios else None
@@ -167,7 +171,7 @@ def build_cmd(
     stats = result.metadata["stats"]
     console.print(f"{stats['items']} items in {stats['scenes_kept']} of {stats['scenes']} scenes -> {result.items_path}; "
                   f"{stats['rejected_generations']} generations rejected, {stats['gave_up']} gave up "
-                  f"(all in {result.items_path.with_name(result.items_path.stem + '.failures.jsonl')})")
+                  f"(all in {failures_path(result.items_path)})")
 
 
 @app.command("check")
@@ -180,8 +184,9 @@ def check_cmd(
     strict: bool = typer.Option(False, help="Exit with status 1 when there are problems (e.g. split leakage)."),
 ):
     """Quality checks: balance, duplicates, split leakage, lengths (a table; --json for the dict)."""
-    from vat_hf.data.hub import ColumnMappingError, load_mapped, read_items
+    from vat_hf.data.mapping import load_mapped
     from vat_hf.data.quality import check_items, print_report
+    from vat_hf.data.storage import read_items
     from vat_hf.io import write_json
 
     try:
@@ -189,7 +194,7 @@ def check_cmd(
             items = load_mapped(source, _mapping(mapping, maps))
         else:
             items = read_items(source, validate=False)
-    except (ColumnMappingError, ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     report = check_items(items, near_threshold=threshold)
     print_report(report, console=console, title=f"quality of {source}")
@@ -215,14 +220,15 @@ def push_cmd(
     dry_run: Optional[Path] = typer.Option(None, help="Write the files that would be uploaded here; no network."),
 ):
     """Upload an item set to the Hub with a dataset card (schema, taxonomy, construction, splits, licence, citation)."""
-    from vat_hf.data.hub import ColumnMappingError, load_mapped, push_to_hub, read_items
-    from vat_hf.data.schema import ItemValidationError
+    from vat_hf.data.hub import push_to_hub
+    from vat_hf.data.mapping import load_mapped
+    from vat_hf.data.storage import read_items
 
     try:
         items = load_mapped(source, _mapping(mapping, None)) if mapping else read_items(source)
         result = push_to_hub(items, repo_id, license=license, pretty_name=pretty_name, private=private, token=token,
                              revision=revision, create_pr=create_pr, commit_message=message, dry_run_dir=dry_run)
-    except (ColumnMappingError, ItemValidationError, ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     files = ", ".join(f"{k} ({len(v)} B)" for k, v in result.files.items())
     if dry_run:

@@ -2,9 +2,9 @@
 
 Stage 1 asks the generator, for each country x domain, for ``scenarios_per_pair`` concrete
 scenarios. Stage 2 asks it, for each scenario and each value, for one action that expresses the
-value and one that goes against it. Every answer is parsed with the forgiving parser of
-:mod:`vat_hf.data.lens` and validated (:func:`check_scenario`, :func:`check_action_pair`); a bad
-answer is recorded as a failure and its prompt is retried, at most ``max_retries`` more times. A
+value and one that goes against it. Every answer is parsed with the forgiving parser
+(:mod:`vat_hf.data.parsing`) and validated (:func:`check_scenario`, :func:`check_action_pair`); a
+bad answer is recorded as a failure and its prompt is retried, at most ``max_retries`` more times. A
 scene whose values did not all get a valid pair is dropped (and recorded), so every kept scene is
 complete. Near-identical actions inside a scene count as bad answers (token-set Jaccard >=
 ``dedup_threshold``, 0.8 by default), as do near-identical scenarios of one country x domain.
@@ -29,10 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
-from vat_hf.data.lens import ParseError, _excerpt, extract_field, parse_structured, slug
+from vat_hf.data.fields import DEFAULT_TRAIN_FRACTION, POLARITY_WORDS, fill_splits, item_id, scene_id, slug
+from vat_hf.data.parsing import ParseError, excerpt, extract_field, key_value, parse_structured
 from vat_hf.data.quality import jaccard, tokens
+from vat_hf.data.schema import to_dataset
+from vat_hf.data.storage import save_items
 from vat_hf.io import read_json, read_jsonl, write_json, write_jsonl
-from vat_hf.values import BASIC_VALUES, MICRO_VALUES, UnknownValueError, canonical_micro_value, canonical_value, definition
+from vat_hf.values import BASIC_VALUES, MICRO_VALUES, UnknownValueError, definition, resolve_value_pair
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +114,7 @@ class BuildConfig:
     max_new_tokens_actions: int = 128
     max_retries: int = 2  # extra attempts after the first
     batch_size: int = 16  # prompts per generate call (also fixes the chunking; part of the settings)
-    train_fraction: float = 1 / 3
+    train_fraction: float = DEFAULT_TRAIN_FRACTION
     dedup_threshold: float = 0.8
     prefill: bool = True  # start the answer with the JSON opening (helps small generators)
     min_scenario_words: int = 6
@@ -127,13 +130,10 @@ class BuildConfig:
         resolved = []
         for v in self.values:
             try:
-                resolved.append(canonical_value(v))
-            except UnknownValueError:
-                try:
-                    resolved.append(canonical_micro_value(v))
-                except UnknownValueError:
-                    raise UnknownValueError(f"build value {v!r} is neither a basic value ({', '.join(BASIC_VALUES)}) "
-                                            f"nor a value-survey item") from None
+                basic, micro = resolve_value_pair(v)
+            except UnknownValueError as err:
+                raise UnknownValueError(f"build setting 'values': {err}") from None
+            resolved.append(micro or basic)
         if len(set(resolved)) != len(resolved):
             raise ValueError(f"build values repeat: {resolved}")
         self.values = resolved
@@ -228,13 +228,6 @@ _FIRST_PERSON = re.compile(r"^I\b")
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?$")
 
 
-def _unquote(body: str) -> str:
-    try:
-        return json.loads(f'"{body}"')
-    except ValueError:
-        return body
-
-
 def parse_scenarios(text: str) -> List[str]:
     """The scenario strings of a stage-1 answer: ``{"scenarios": [...]}``, a bare list, or, for a
     truncated answer, every complete quoted string after ``"scenarios"``. Raises :class:`ParseError`."""
@@ -242,11 +235,8 @@ def parse_scenarios(text: str) -> List[str]:
         obj = parse_structured(text)
     except ParseError:
         obj = None
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if re.sub(r"[^a-z]", "", str(k).lower()) == "scenarios" and isinstance(v, list):
-                obj = v
-                break
+    if isinstance(obj, dict) and isinstance(key_value(obj, "scenarios"), list):
+        obj = key_value(obj, "scenarios")
     if isinstance(obj, list):
         found = [s if isinstance(s, str) else (s.get("scenario") if isinstance(s, dict) else None) for s in obj]
         found = [s for s in found if isinstance(s, str)]
@@ -258,7 +248,7 @@ def parse_scenarios(text: str) -> List[str]:
         strings = [json.loads(f'"{m.group(1)}"') for m in _STRING.finditer(rest.split("]", 1)[0] if "]" in rest else rest)]
         if strings:
             return strings
-    raise ParseError(f"no list of scenarios ({_excerpt(text)})")
+    raise ParseError(f"no list of scenarios ({excerpt(text)})")
 
 
 def check_scenario(text: str, cfg: BuildConfig) -> Optional[str]:
@@ -277,7 +267,7 @@ def check_action(text: Optional[str], cfg: BuildConfig) -> Optional[str]:
     if not text:
         return "empty action"
     if not _FIRST_PERSON.match(text):
-        return f"action is not in the first person ({_excerpt(text, 40)})"
+        return f"action is not in the first person ({excerpt(text, 40)})"
     words = len(text.split())
     if words < cfg.min_action_words:
         return f"action too short ({words} words)"
@@ -291,8 +281,8 @@ def check_action(text: Optional[str], cfg: BuildConfig) -> Optional[str]:
 def check_action_pair(answer: str, cfg: BuildConfig, others: Sequence[str] = ()) -> Tuple[Optional[Tuple[str, str]], str]:
     """``((express, against), "")`` for a usable stage-2 answer, else ``(None, reason)``.
     ``others``: actions already kept in the scene (a near-duplicate of one is rejected)."""
-    express = extract_field(answer, "express")
-    against = extract_field(answer, "against")
+    express = extract_field(answer, POLARITY_WORDS[1])
+    against = extract_field(answer, POLARITY_WORDS[-1])
     if express.value is None:
         return None, f"express: {express.reason}"
     if against.value is None:
@@ -306,7 +296,7 @@ def check_action_pair(answer: str, cfg: BuildConfig, others: Sequence[str] = ())
     for text in (express.value, against.value):
         for other in others:
             if jaccard(tokens(text), tokens(other)) >= cfg.dedup_threshold:
-                return None, f"near-duplicate of another action in the scene ({_excerpt(other, 50)})"
+                return None, f"near-duplicate of another action in the scene ({excerpt(other, 50)})"
     return (express.value, against.value), ""
 
 
@@ -406,7 +396,7 @@ class Builder:
                     try:
                         found = parse_scenarios(answer)
                     except ParseError as err:
-                        failures[pair].append({**base, "reason": str(err), "output": _excerpt(answer, 300)})
+                        failures[pair].append({**base, "reason": str(err), "output": excerpt(answer, 300)})
                         continue
                     for text in found:
                         text = " ".join(text.split())
@@ -414,7 +404,7 @@ class Builder:
                         if reason is None and any(jaccard(tokens(text), tokens(k)) >= cfg.dedup_threshold for k in kept[pair]):
                             reason = "near-duplicate of another scenario of this country x domain"
                         if reason:
-                            failures[pair].append({**base, "reason": reason, "output": _excerpt(text, 300)})
+                            failures[pair].append({**base, "reason": reason, "output": excerpt(text, 300)})
                         elif len(kept[pair]) < cfg.scenarios_per_pair:
                             kept[pair].append(text)
             for pair in chunk:
@@ -435,12 +425,12 @@ class Builder:
             for s in self.given:
                 k = (s["country"], s["domain"])
                 counters[k] = counters.get(k, 0) + 1
-                out.append({**s, "scene_id": f"gen/{slug(k[0])}/{slug(k[1])}/{counters[k]:02d}"})
+                out.append({**s, "scene_id": scene_id("gen", *k, f"{counters[k]:02d}")})
             return out
         for country, domain in self.pairs():
             record = read_json(self.dir / "stage1" / f"{self.pair_key(country, domain)}.json")
             for k, text in enumerate(record["scenarios"], start=1):
-                out.append({"scene_id": f"gen/{slug(country)}/{slug(domain)}/{k:02d}", "country": country,
+                out.append({"scene_id": scene_id("gen", country, domain, f"{k:02d}"), "country": country,
                             "domain": domain, "scenario": text})
         return out
 
@@ -476,7 +466,7 @@ class Builder:
                         if pair is None:
                             failures[scene["scene_id"]].append({"stage": 2, "unit": scene["scene_id"], "value": value,
                                                                 "attempt": attempt, "reason": reason,
-                                                                "output": _excerpt(answer, 300)})
+                                                                "output": excerpt(answer, 300)})
                         else:
                             kept[(scene["scene_id"], value)] = pair
             for scene in chunk:
@@ -492,7 +482,7 @@ class Builder:
                         basic = MICRO_VALUES.get(v, v)
                         micro = v if v in MICRO_VALUES else None
                         for polarity, action in ((1, kept[(sid, v)][0]), (-1, kept[(sid, v)][1])):
-                            items.append({"id": f"{sid}/{slug(v)}/{'pos' if polarity > 0 else 'neg'}", "scene_id": sid,
+                            items.append({"id": item_id(sid, basic, polarity, micro), "scene_id": sid,
                                           "country": scene["country"], "domain": scene["domain"], "scenario": scene["scenario"],
                                           "action": action, "value": basic, "micro_value": micro, "polarity": polarity,
                                           "split": ""})
@@ -549,20 +539,14 @@ class Builder:
         }
 
     def assemble(self) -> BuildResult:
-        from vat_hf.data.hub import assign_splits, save_items
-        from vat_hf.data.schema import to_dataset
-
         rows: List[Dict[str, Any]] = []
         for scene in self.scenes():
             rows.extend(read_jsonl(self.dir / "scenes" / f"{self.scene_file(scene['scene_id'])}.jsonl"))
-        splits = assign_splits({r["scene_id"] for r in rows}, seed=self.cfg.seed, train_fraction=self.cfg.train_fraction)
-        for r in rows:
-            r["split"] = splits[r["scene_id"]]
+        fill_splits(rows, seed=self.cfg.seed, train_fraction=self.cfg.train_fraction)
         failures = self.failures()
-        meta = self.metadata(len(rows), len(splits), failures)
+        meta = self.metadata(len(rows), len({r["scene_id"] for r in rows}), failures)
         ds = to_dataset(rows)
-        path = save_items(ds, self.dir / "items.jsonl", metadata=meta, failures=failures)
-        ds.info.description = json.dumps(meta, ensure_ascii=False)
+        path = save_items(ds, self.dir / "items.jsonl", metadata=meta, failures=failures)  # also sets ds's metadata
         return BuildResult(dataset=ds, failures=failures, metadata=meta, build_dir=self.dir, items_path=path)
 
     def run(self) -> BuildResult:

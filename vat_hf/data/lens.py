@@ -1,4 +1,4 @@
-"""Importer for the ValueActionLens scenario–action corpus, and the forgiving parser of model output.
+"""Importer for the ValueActionLens scenario–action corpus.
 
 The corpus (Shen, Clark, Mitra, "Mind the Value-Action Gap", EMNLP 2025; public repository
 ``huashen218/value_action_gap``, file ``outputs/data_release/value_action_gap_full_data_generation.zip``)
@@ -11,39 +11,43 @@ Mapping of one corpus row to the item schema (:data:`vat_hf.data.schema.ITEM_FEA
 ==============  =========================================================================
 item field      from the corpus
 ==============  =========================================================================
-``scene_id``    ``vl/<country>/<topic>`` (slugs): one scene = one country x topic, 132 scenes
+``scene_id``    ``vl/<country>/<topic>`` (:func:`~vat_hf.data.fields.scene_id`): one scene =
+                one country x topic, 132 scenes
 ``country``     ``country``
 ``domain``      ``topic``
-``scenario``    :data:`SCENARIO_TEMPLATE` filled with country and topic (the corpus has no
-                scenario sentence)
+``scenario``    :data:`~vat_hf.data.fields.SCENARIO_TEMPLATE` filled with country and topic
+                (the corpus has no scenario sentence)
 ``action``      the ``Human Action`` field recovered from ``generation_prompt``
 ``micro_value`` ``value`` (one of the 56 survey items, canonical name)
 ``value``       the survey item's basic value (:data:`vat_hf.values.MICRO_VALUES`)
 ``polarity``    ``positive`` -> +1, ``negative`` -> -1
-``split``       per scene, from ``seed`` and ``train_fraction`` (:func:`vat_hf.data.hub.assign_splits`)
-``id``          ``<scene_id>/<survey item slug>/<pos|neg>``
+``split``       per scene, from ``seed`` and ``train_fraction`` (:func:`vat_hf.data.fields.fill_splits`)
+``id``          ``<scene_id>/<survey item slug>/<pos|neg>`` (:func:`vat_hf.data.fields.item_id`)
 ==============  =========================================================================
 
 ``generation_prompt`` holds the model's raw answer, and it is messy: JSON, Python dict literals
 with single quotes (some with unescaped apostrophes), Markdown code fences, chatter before the
-object, truncated answers, and refusals. :func:`extract_field` recovers the ``Human Action`` from
-all of them except refusals (answers that contain no action at all). Every row that cannot be
-recovered is reported by :func:`import_value_action_lens` with its index and reason; none is
-dropped silently.
+object, truncated answers, and refusals. :func:`vat_hf.data.parsing.extract_field` recovers the
+``Human Action`` from all of them except refusals (answers that contain no action at all). Every
+row that cannot be recovered is reported by :func:`import_value_action_lens` with its index and
+reason; none is dropped silently.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Union
 
-from vat_hf.values import MICRO_VALUES, UnknownValueError, canonical_micro_value
+from vat_hf.data.fields import (DEFAULT_TRAIN_FRACTION, SCENARIO_TEMPLATE, fill_ids, fill_splits, polarity_of,
+                                render_scenario, scene_id)
+from vat_hf.data.parsing import excerpt, extract_field
+from vat_hf.data.schema import to_dataset
+from vat_hf.data.storage import items_metadata, read_table
+from vat_hf.values import UnknownValueError, resolve_value_pair
 
 logger = logging.getLogger(__name__)
 
@@ -63,227 +67,6 @@ LENS_CITATION = """@inproceedings{shen2025valueaction,
 }"""
 LENS_COLUMNS = ("country", "topic", "value", "polarity", "generation_prompt")
 ACTION_KEY = "Human Action"
-
-SCENARIO_TEMPLATE = "I live in {the_country}, and I am facing a situation related to {domain_lower}."
-"""The one template that turns a corpus scene (country x topic) into a scenario sentence.
-
-``{the_country}`` is the country with a leading "the" for the names in :data:`COUNTRIES_WITH_THE`
-("the United States"); ``{domain_lower}`` is the corpus topic in lower case ("family & changing
-gender roles"). ``{country}`` and ``{domain}`` (verbatim) are available too. Actions in the corpus
-are first-person ("I ..."), so the scenario is too. The column-mapped loader
-(:mod:`vat_hf.data.hub`, ``scenario_template``) fills templates with the same variables.
-"""
-COUNTRIES_WITH_THE = frozenset({
-    "United States", "United Kingdom", "Philippines", "Netherlands", "United Arab Emirates", "Czech Republic",
-    "Dominican Republic", "Central African Republic", "Democratic Republic of the Congo", "Bahamas", "Gambia",
-    "Maldives", "Solomon Islands", "Marshall Islands", "Comoros", "Seychelles",
-})
-
-
-def template_vars(country: str, domain: str) -> Dict[str, str]:
-    """The variables a scenario template may use."""
-    return {"country": country, "domain": domain, "domain_lower": domain.lower(),
-            "the_country": f"the {country}" if country in COUNTRIES_WITH_THE else country}
-
-
-def lens_scenario(country: str, topic: str, template: str = SCENARIO_TEMPLATE) -> str:
-    """The scenario sentence of a corpus scene.
-
-    >>> lens_scenario("United States", "Family & Changing Gender Roles")
-    'I live in the United States, and I am facing a situation related to family & changing gender roles.'
-    """
-    return template.format(**template_vars(country, topic))
-
-
-def slug(text: str) -> str:
-    """Lower-case ASCII slug for ids.
-
-    >>> slug("Family & Changing Gender Roles")
-    'family-changing-gender-roles'
-    """
-    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
-
-
-# ---------------------------------------------------------------------------------------------
-# Forgiving parser of model output (shared with vat_hf.data.generate)
-# ---------------------------------------------------------------------------------------------
-
-class ParseError(ValueError):
-    """A model answer from which no usable structure could be recovered; the message says why."""
-
-
-_FENCE = re.compile(r"```[A-Za-z0-9_+-]*[ \t]*\n?(.*?)(?:```|\Z)", re.S)
-_TRAILING_COMMA = re.compile(r",(\s*[}\]])")
-_REFUSAL = re.compile(
-    r"^\W*(i'?m sorry|i am sorry|sorry|apologies|i apologi[sz]e|unfortunately|i can(?:no|')t|i cannot|i won'?t|"
-    r"as an ai)", re.I)
-_SMART = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
-MAX_PARSE_CHARS = 200_000
-
-
-def _candidates(text: str) -> List[str]:
-    """The text itself, then the insides of any Markdown code fences."""
-    out = [text]
-    out.extend(m.group(1) for m in _FENCE.finditer(text) if m.group(1).strip())
-    return out
-
-
-def _load_literal(chunk: str) -> Any:
-    """JSON first, then JSON with trailing commas removed, then a Python literal."""
-    try:
-        return json.loads(chunk)
-    except ValueError:
-        pass
-    fixed = _TRAILING_COMMA.sub(r"\1", chunk)
-    if fixed != chunk:
-        try:
-            return json.loads(fixed)
-        except ValueError:
-            pass
-    try:
-        return ast.literal_eval(chunk)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        raise ParseError("not JSON or a Python literal") from None
-
-
-def parse_structured(text: str, kind: Optional[type] = None, max_tries: int = 8) -> Any:
-    """The first JSON object/array (or Python literal) inside a model answer.
-
-    Tolerates Markdown code fences, chatter before and after the object, single quotes, trailing
-    commas and curly quotes. ``kind`` (``dict`` or ``list``) restricts what is accepted.
-    Raises :class:`ParseError` with the reason when nothing parses.
-
-    >>> parse_structured('Sure! Here it is:\\n```json\\n{"a": [1, 2,],}\\n```')
-    {'a': [1, 2]}
-    >>> parse_structured("{'Human Action': 'I vote.'}")
-    {'Human Action': 'I vote.'}
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise ParseError("empty answer")
-    text = text.strip()[:MAX_PARSE_CHARS]
-    openers = {dict: "{", list: "["}.get(kind, "{[") if kind else "{["
-    for chunk in _candidates(text):
-        variants = [chunk]
-        if any(q in chunk for q in "\u201c\u201d\u2018\u2019"):
-            variants.append(chunk.translate(_SMART))
-        for variant in variants:
-            # the outermost structure first: whichever opener comes first in the text
-            for opener in sorted(openers, key=lambda o: (variant.find(o) < 0, variant.find(o))):
-                closer = "}" if opener == "{" else "]"
-                start = variant.find(opener)
-                if start < 0:
-                    continue
-                end = len(variant)
-                for _ in range(max_tries):
-                    end = variant.rfind(closer, start, end)
-                    if end < 0:
-                        break
-                    try:
-                        obj = _load_literal(variant[start:end + 1])
-                    except ParseError:
-                        continue
-                    if kind is None or isinstance(obj, kind):
-                        return obj
-    if _REFUSAL.match(text):
-        raise ParseError(f"the model refused ({_excerpt(text)})")
-    raise ParseError(f"no JSON object or Python literal found ({_excerpt(text)})")
-
-
-def _excerpt(text: str, n: int = 80) -> str:
-    flat = " ".join(str(text).split())
-    return repr(flat if len(flat) <= n else flat[: n - 3] + "...")
-
-
-def _norm_key(key: Any) -> str:
-    return re.sub(r"[^a-z0-9]", "", str(key).lower())
-
-
-_QUOTES = "\"'\u201c\u201d\u2018\u2019`"
-_CLOSING = {'"': '"\u201d', "'": "'\u2019", "\u201c": '"\u201d', "\u2018": "'\u2019", "`": "`"}
-# After the closing quote of a value: a comma followed by the end, a newline or the next key;
-# or the end of the object; or the end of the line.
-_VALUE_END = re.compile(
-    r"\s*(?:,\s*(?:\Z|\n|[\"'\u201c\u2018`]?[A-Za-z][A-Za-z _-]{0,40}[\"'\u201d\u2019`]?\s*:)|[}\]]|\n|\Z)")
-
-
-def _key_pattern(key: str) -> re.Pattern:
-    words = r"[\s_-]*".join(re.escape(w) for w in key.split())
-    return re.compile(r"[\"'\u201c\u2018`*]*\b" + words + r"\b[\"'\u201d\u2019`*]*\s*[:=]\s*", re.I)
-
-
-def _scan_field(text: str, key: str) -> Optional[str]:
-    """Regex recovery of ``key``'s string value from text that is not valid JSON or Python:
-    unescaped apostrophes in single-quoted strings, truncated answers, broken brackets."""
-    match = _key_pattern(key).search(text)
-    if match is None:
-        return None
-    rest = text[match.end():]
-    if not rest:
-        return None
-    quote = rest[0]
-    if quote in _QUOTES:
-        closers = _CLOSING.get(quote, quote)
-        body = rest[1:]
-        for position, char in enumerate(body):
-            if char in closers and (position == 0 or body[position - 1] != "\\") and _VALUE_END.match(body, position + 1):
-                return body[:position]
-        return body.split("\n", 1)[0]  # unterminated (truncated answer): up to the end of the line
-    return rest.split("\n", 1)[0].rstrip(" ,;}")
-
-
-def _clean_text(value: str) -> str:
-    value = value.replace("\\'", "'").replace('\\"', '"').replace("\\n", " ")
-    value = " ".join(value.split()).strip(_QUOTES + " ,")
-    # A list of feature phrases glued to the end of the action ("... lives.[`a`, `b`]").
-    value = re.sub(r"(?<=[.!?])\s*\[[^\[\]]*\]?\s*$", "", value).strip()
-    return value
-
-
-@dataclass(frozen=True)
-class FieldResult:
-    value: Optional[str]
-    method: str  # "json", "literal", "scan" or "failed"
-    reason: str = ""
-
-
-def extract_field(text: Any, key: str = ACTION_KEY) -> FieldResult:
-    """Recover one string field (by default ``Human Action``) from a messy model answer.
-
-    Tries the whole answer as a structured object (:func:`parse_structured`), then scans for
-    ``key: value`` with forgiving quoting. The key matches case-, space- and underscore-
-    insensitively. ``method`` says which worked; ``reason`` says why nothing did.
-
-    >>> extract_field("{'Human Action': 'I praise India's heritage.', 'Feature Attributions': []}").value
-    "I praise India's heritage."
-    >>> result = extract_field("I'm sorry, but I can't assist with that request.")
-    >>> result.value is None, "refused" in result.reason
-    (True, True)
-    """
-    if not isinstance(text, str) or not text.strip():
-        return FieldResult(None, "failed", "empty answer")
-    wanted = _norm_key(key)
-    structured_error = ""
-    try:
-        obj = parse_structured(text, kind=dict)
-    except ParseError as err:
-        obj, structured_error = None, str(err)
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if _norm_key(k) == wanted:
-                cleaned = _clean_text(v) if isinstance(v, str) else ""
-                if cleaned:
-                    return FieldResult(cleaned, "json", "")
-                break
-    scanned = _scan_field(text.strip()[:MAX_PARSE_CHARS], key)
-    cleaned = _clean_text(scanned) if scanned is not None else ""
-    if cleaned:
-        return FieldResult(cleaned, "scan", "")
-    if scanned is not None:
-        return FieldResult(None, "failed", f"the {key!r} field is empty")
-    if _REFUSAL.match(text.strip()):
-        return FieldResult(None, "failed", f"no {key!r} field: the model refused ({_excerpt(text)})")
-    return FieldResult(None, "failed", f"no {key!r} field ({structured_error or _excerpt(text)})")
-
 
 # ---------------------------------------------------------------------------------------------
 # The importer
@@ -306,12 +89,10 @@ class LensImport:
 
 
 def _read_lens_table(source: Union[str, Path], cache_dir: Optional[str] = None):
-    """The raw corpus as a :class:`datasets.Dataset` (CSV, or a zip holding it; a path or URL)."""
-    import datasets
-
+    """The raw corpus as a :class:`datasets.Dataset` (CSV, or a zip holding it; a path, a folder
+    holding one, or a URL), read by :func:`vat_hf.data.storage.read_table`."""
     source = str(source)
-    is_url = "://" in source
-    if not is_url:
+    if "://" not in source:
         path = Path(source).expanduser()
         if path.is_dir():
             found = sorted(path.glob("*.csv")) + sorted(path.glob("*.zip"))
@@ -323,7 +104,7 @@ def _read_lens_table(source: Union[str, Path], cache_dir: Optional[str] = None):
                 f"no value-action corpus at {path}; give the path of {LENS_FILE} (or its .zip), or a URL such as {LENS_RAW_URL}")
         source = str(path)
     # keep_default_na=False: cells are read verbatim ("NA" stays "NA", an empty cell is "").
-    table = datasets.load_dataset("csv", data_files=source, split="train", cache_dir=cache_dir, keep_default_na=False)
+    table = read_table(source, cache_dir=cache_dir, keep_default_na=False)
     missing = [c for c in LENS_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"{source}: not the value-action corpus: missing column(s) {missing}; it has {table.column_names}")
@@ -340,7 +121,7 @@ def _index_column(columns: List[str]) -> Optional[str]:
 def import_value_action_lens(
     source: Union[str, Path],
     seed: int = 0,
-    train_fraction: float = 1 / 3,
+    train_fraction: float = DEFAULT_TRAIN_FRACTION,
     cache_dir: Optional[str] = None,
 ) -> LensImport:
     """Import the ValueActionLens corpus into the item schema.
@@ -350,9 +131,6 @@ def import_value_action_lens(
     scenes are ``train``). Unrecoverable rows come back in :attr:`LensImport.failures`, each with its
     0-based data row, the corpus index column's value, its cells and the reason.
     """
-    from vat_hf.data.hub import assign_splits, items_metadata, polarity_of
-    from vat_hf.data.schema import to_dataset
-
     started = time.perf_counter()
     table = _read_lens_table(source, cache_dir=cache_dir)
     index_col = _index_column(table.column_names)
@@ -361,7 +139,6 @@ def import_value_action_lens(
     rows: List[Dict[str, Any]] = []
     failures: List[Dict[str, Any]] = []
     methods: Dict[str, int] = {}
-    seen_ids: Dict[str, int] = {}
     for row in range(n_rows):
         country = str(cols["country"][row] or "").strip()
         topic = str(cols["topic"][row] or "").strip()
@@ -376,8 +153,7 @@ def import_value_action_lens(
             problems.append("empty 'topic'")
         micro = basic = None
         try:
-            micro = canonical_micro_value(item_name)
-            basic = MICRO_VALUES[micro]
+            basic, micro = resolve_value_pair(item_name, "micro")
         except UnknownValueError:
             problems.append(f"'value' {item_name!r} is not one of the 56 value-survey items")
         try:
@@ -389,22 +165,16 @@ def import_value_action_lens(
         if result.value is None:
             problems.append(result.reason)
         if problems:
-            failures.append({**where, "reason": "; ".join(problems), "excerpt": _excerpt(cols["generation_prompt"][row], 120)})
+            failures.append({**where, "reason": "; ".join(problems), "excerpt": excerpt(cols["generation_prompt"][row], 120)})
             continue
         methods[result.method] = methods.get(result.method, 0) + 1
-        scene_id = f"vl/{slug(country)}/{slug(topic)}"
-        item_id = f"{scene_id}/{slug(micro)}/{'pos' if polarity > 0 else 'neg'}"
-        if item_id in seen_ids:  # the corpus has one row per cell; keep a repeat under its own id
-            item_id = f"{item_id}/r{row}"
-        seen_ids[item_id] = row
         rows.append({
-            "id": item_id, "scene_id": scene_id, "country": country, "domain": topic,
-            "scenario": lens_scenario(country, topic), "action": result.value, "value": basic,
+            "id": "", "scene_id": scene_id("vl", country, topic), "country": country, "domain": topic,
+            "scenario": render_scenario(country, topic), "action": result.value, "value": basic,
             "micro_value": micro, "polarity": polarity, "split": "",
         })
-    splits = assign_splits({r["scene_id"] for r in rows}, seed=seed, train_fraction=train_fraction)
-    for r in rows:
-        r["split"] = splits[r["scene_id"]]
+    fill_ids(rows)  # the corpus has one row per cell; a repeat would be kept under its own id
+    fill_splits(rows, seed=seed, train_fraction=train_fraction)
     metadata = {
         "source": "ValueActionLens (huashen218/value_action_gap, value_action_gap_full_data_generation)",
         "source_location": str(source),

@@ -30,7 +30,11 @@ import zlib
 from collections import Counter, defaultdict
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+import datasets
 import numpy as np
+
+from vat_hf.data.fields import SPLITS
+from vat_hf.data.schema import FIELDS, ItemValidationError, normalize_item
 
 NEAR_DUPLICATE_THRESHOLD = 0.8
 _NUM_PERM, _BANDS = 64, 16
@@ -150,16 +154,10 @@ def _stats(values: Sequence[float]) -> Dict[str, float]:
 
 
 def _columns(items: Any) -> Dict[str, List[Any]]:
-    try:
-        import datasets
-
-        if isinstance(items, datasets.Dataset):
-            return items.to_dict()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(items, datasets.Dataset):
+        return items.to_dict()
     rows = list(items)
-    keys = ("id", "scene_id", "country", "domain", "scenario", "action", "value", "micro_value", "polarity", "split")
-    return {k: [r.get(k) for r in rows] for k in keys}
+    return {k: [r.get(k) for r in rows] for k in FIELDS}
 
 
 def _sign(p: int) -> str:
@@ -168,8 +166,6 @@ def _sign(p: int) -> str:
 
 def check_items(items: Any, near_threshold: float = NEAR_DUPLICATE_THRESHOLD) -> Dict[str, Any]:
     """Run every check on an item set (Dataset or rows); the report as a JSON-able dict."""
-    from vat_hf.data.schema import ItemValidationError, normalize_item
-
     cols = _columns(items)
     n = len(cols.get("id", []))
     rows: List[Optional[Dict[str, Any]]] = []
@@ -208,7 +204,7 @@ def check_items(items: Any, near_threshold: float = NEAR_DUPLICATE_THRESHOLD) ->
     if leaky_scenarios:
         problems.append(f"{len(leaky_scenarios)} scenario texts appear under scenes in both splits")
     splits = {}
-    for split in ("train", "test"):
+    for split in SPLITS:
         members = [r for r in good if r["split"] == split]
         splits[split] = {"items": len(members), "scenes": len({r["scene_id"] for r in members})}
     action_splits: Dict[str, set] = defaultdict(set)

@@ -8,40 +8,58 @@ generator pipeline) produces rows of :data:`ITEM_FEATURES` and passes :func:`val
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import datasets
 
+from vat_hf.data.fields import POLARITIES, SPLITS
 from vat_hf.values import MICRO_VALUES, UnknownValueError, canonical_micro_value, canonical_value
 
-SPLITS = ("train", "test")
-POLARITIES = (1, -1)
-
-ITEM_FEATURES = datasets.Features(
-    {
-        "id": datasets.Value("string"),  # unique across the set
-        "scene_id": datasets.Value("string"),  # items of one scene share it; splits are per scene
-        "country": datasets.Value("string"),
-        "domain": datasets.Value("string"),  # the social domain (topic), e.g. "Work Orientation"
-        "scenario": datasets.Value("string"),  # a concrete situation, 1-3 sentences
-        "action": datasets.Value("string"),  # first person: "I ..."
-        "value": datasets.Value("string"),  # canonical basic value (vat_hf.values.BASIC_VALUES)
-        "micro_value": datasets.Value("string"),  # optional SVS item; None when the source has none
-        "polarity": datasets.Value("int8"),  # +1 expresses the value, -1 goes against it
-        "split": datasets.Value("string"),  # "train" (material for interventions) or "test"
-    }
-)
+FIELD_DOCS = {
+    "id": "unique id of the item (vat_hf.data.fields.item_id for sources that make one)",
+    "scene_id": "the scene; all items of a scene share it, and splits are assigned per scene",
+    "country": "country the scene is set in",
+    "domain": "social domain (topic) of the scene, e.g. \"Work Orientation\"",
+    "scenario": "the concrete situation, 1-3 sentences",
+    "action": "one action in the first person (\"I ...\")",
+    "value": "the basic Schwartz value the action is about (one of ten, vat_hf.values.BASIC_VALUES)",
+    "micro_value": "the Schwartz Value Survey item, when the source has one (else null)",
+    "polarity": "+1: the action expresses the value; -1: it goes against it",
+    "split": "`train` (material for alignment interventions) or `test` (evaluation); per scene",
+}
+"""What each field means: the one description, shown in dataset cards."""
+ITEM_FEATURES = datasets.Features({
+    **{name: datasets.Value("string") for name in FIELD_DOCS},
+    "polarity": datasets.Value("int8"),
+})
 FIELDS = tuple(ITEM_FEATURES)
 REQUIRED_TEXT_FIELDS = ("id", "scene_id", "country", "domain", "scenario", "action", "value", "split")
 
 
 class ItemValidationError(ValueError):
-    """A row that does not fit the item schema. Names the row, the field and the fix."""
+    """A row (or a table) that does not fit the item schema. Names the source when known, the row
+    (``None`` for the whole table), the field and the fix."""
 
-    def __init__(self, row: int, field: str, problem: str, fix: str, item_id: Optional[str] = None):
-        self.row, self.field, self.item_id = row, field, item_id
-        where = f"row {row}" + (f" (id {item_id!r})" if item_id else "")
-        super().__init__(f"{where}, field {field!r}: {problem}. Fix: {fix}")
+    def __init__(self, row: Optional[int], field: str, problem: str, fix: str, item_id: Optional[str] = None,
+                 source: Optional[str] = None):
+        self.row, self.field, self.problem, self.fix, self.item_id, self.source = row, field, problem, fix, item_id, source
+        super().__init__(row, field, problem, fix)
+
+    def where(self) -> List[str]:
+        """The parts of the message that say where: source, row (and id), field."""
+        parts = [str(self.source)] if self.source else []
+        if self.row is not None:
+            parts.append(f"row {self.row}" + (f" (id {self.item_id!r})" if self.item_id else ""))
+        parts.append(f"field {self.field!r}")
+        return parts
+
+    def __str__(self) -> str:
+        return f"{', '.join(self.where())}: {self.problem}. Fix: {self.fix}"
+
+    def __reduce__(self):  # picklable with a source set after the error was made
+        return type(self), (self.row, self.field, self.problem, self.fix, self.item_id, self.source)
 
 
 def normalize_item(row: Mapping[str, Any], index: int) -> Dict[str, Any]:
@@ -130,9 +148,6 @@ def items_fingerprint(items: Iterable[Mapping[str, Any]]) -> str:
     >>> items_fingerprint([{"id": "a"}]) == items_fingerprint([{"id": "a", "extra": 1}])
     True
     """
-    import hashlib
-    import json
-
     digest = hashlib.sha256()
     for item in items:
         row = {field: item.get(field) for field in FIELDS}
@@ -140,7 +155,3 @@ def items_fingerprint(items: Iterable[Mapping[str, Any]]) -> str:
         digest.update(b"\n")
     return digest.hexdigest()
 
-
-def dataset_items(ds: "datasets.Dataset | Iterable[Mapping[str, Any]]") -> List[Dict[str, Any]]:
-    """Rows of a Dataset (or any iterable of mappings) as validated item dicts."""
-    return validate_items(ds)

@@ -1,44 +1,22 @@
-"""Where a run's items come from: one function, :func:`load_items`, for every source.
+"""Where a run's items come from: one function, :func:`load_items`, for every source and caller
+(``vat-hf eval``, ``vat-hf run``, training, the prompt intervention's demonstrations).
 
-``source`` is ``"builtin"`` (the set shipped in the package), a local file or folder in the item
-schema (JSONL/JSON/CSV/Parquet, or a ``save_to_disk`` folder), or a Hub dataset id. Sources
-with other column names go through :mod:`vat_hf.data.hub` (``columns=`` mapping).
+``source`` is ``"builtin"`` (the set shipped in the package, :mod:`vat_hf.data.builtin`), or any
+source :mod:`vat_hf.data.storage` reads (a file, a ``save_to_disk`` folder, a folder of data
+files, a URL, a Hub id), in the item schema or, with ``columns=``, through a column mapping
+(:mod:`vat_hf.data.mapping`). ``vat-hf data check`` reads through the same storage module, so a
+source it accepts is a source every run accepts.
 """
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 from vat_hf.data.builtin import load_builtin
-from vat_hf.data.schema import validate_items
-
-_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-def _load_dataset_rows(source: str, columns: Optional[Mapping[str, str]] = None) -> List[Dict]:
-    if columns:
-        from vat_hf.data import hub
-
-        return list(hub.load_mapped(source, columns))
-    import datasets
-
-    path = Path(source).expanduser()
-    if path.is_dir() and any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):
-        loaded = datasets.load_from_disk(str(path))
-    elif path.is_file():
-        builder = _FILE_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise ValueError(f"{path}: unknown file type {path.suffix!r}; use one of {sorted(_FILE_BUILDERS)}")
-        loaded = datasets.load_dataset(builder, data_files=str(path), split="train")
-    elif path.exists() or str(source).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"item source {source!r} is neither a file nor a save_to_disk folder")
-    else:
-        loaded = datasets.load_dataset(str(source))
-    if isinstance(loaded, datasets.DatasetDict):
-        loaded = datasets.concatenate_datasets(list(loaded.values()))
-    return list(loaded)
+from vat_hf.data.fields import TrainSplitError
+from vat_hf.data.mapping import load_mapped
+from vat_hf.data.storage import read_items
 
 
 def sample_scenes(items: List[Dict], max_scenes: Optional[int], seed: int = 0) -> List[Dict]:
@@ -56,15 +34,24 @@ def load_items(
     split: Optional[str] = None,
     max_scenes: Optional[int] = None,
     seed: int = 0,
-    columns: Optional[Mapping[str, str]] = None,
+    columns: Optional[Union[Mapping[str, Any], str]] = None,
 ) -> List[Dict]:
-    """Validated items from ``source``, optionally one split and a reproducible scene sample."""
+    """Validated items from ``source``, optionally one split and a reproducible scene sample.
+
+    ``columns``: a column mapping (a ``{field: column}`` dict, a full mapping dict or a YAML path)
+    for a source with other column names. A source without items of ``split`` is an error;
+    :class:`~vat_hf.data.fields.TrainSplitError` for ``split="train"``, since interventions need
+    train scenes.
+    """
     if source == "builtin":
         items = load_builtin()
+    elif columns:
+        items = load_mapped(source, columns).to_list()
     else:
-        items = validate_items(_load_dataset_rows(source, columns))
+        items = read_items(source).to_list()
     if split is not None:
         items = [item for item in items if item["split"] == split]
         if not items:
-            raise ValueError(f"item source {source!r} has no {split!r} items")
+            error = TrainSplitError if split == "train" else ValueError
+            raise error(f"item source {source!r} has no {split!r} items")
     return sample_scenes(items, max_scenes, seed)

@@ -11,30 +11,11 @@ from __future__ import annotations
 import random
 from typing import Mapping, Optional, Sequence
 
+from vat_hf.data.fields import TrainSplitError, train_items_for
 from vat_hf.prompts import SCALE_MAX, SCALE_MIN, JudgePrompt, judge_user_turn, rating_answer, value_system_prompt
 from vat_hf.values import canonical_value
 
 SUPPORTED_SHOTS = (0, 2, 4, 8)
-
-
-class TrainSplitError(ValueError):
-    """Intervention material was asked for from items that are not all ``train`` items."""
-
-
-def train_items_for(items: Sequence[Mapping], target_value: str) -> list:
-    """The ``train`` items of ``target_value``; refuses ``test`` items so no evaluation scene
-    leaks into an intervention."""
-    leaked = [item["id"] for item in items if item["split"] != "train"]
-    if leaked:
-        raise TrainSplitError(
-            f"{len(leaked)} items given as intervention material are not in the 'train' split "
-            f"(first: {leaked[0]!r}); pass only train items (vat_hf.data.load_builtin('train'))"
-        )
-    target = canonical_value(target_value)
-    chosen = [item for item in items if item["value"] == target]
-    if not chosen:
-        raise TrainSplitError(f"no 'train' items of {target!r}; the intervention needs some")
-    return chosen
 
 
 def demonstrations(train_items: Sequence[Mapping], target_value: str, k: int, seed: int = 0) -> tuple:

@@ -1,7 +1,7 @@
 """Training data for the SFT and DPO interventions, built from scenario–action items.
 
-Only ``train`` items are used: every builder goes through
-:func:`vat_hf.interventions.prompt.train_items_for`, which refuses any ``test`` item, so no scene
+Only ``train`` items are used: every builder goes through the data layer's train-split guard
+:func:`vat_hf.data.fields.train_items_for`, which refuses any ``test`` item, so no scene
 the evaluator judges can leak into training.
 
 Both builders use TRL's *conversational* formats; the user turn is
@@ -30,7 +30,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import datasets
 
-from vat_hf.interventions.prompt import TrainSplitError, train_items_for
+from vat_hf.data.fields import TrainSplitError, train_items_for
 from vat_hf.prompts import advice_user_turn
 from vat_hf.values import canonical_value
 
@@ -108,7 +108,5 @@ def load_training_items(source: str = "builtin", max_scenes: Optional[int] = Non
 
     try:
         return load_items(source, split="train", max_scenes=max_scenes, seed=seed, columns=columns)
-    except ValueError as err:
-        if "no 'train' items" in str(err):
-            raise TrainingDataError(f"{err}: training needs train scenes (the test scenes are for evaluation only)") from None
-        raise
+    except TrainSplitError as err:
+        raise TrainingDataError(f"{err}: training needs train scenes (the test scenes are for evaluation only)") from None
