@@ -9,7 +9,9 @@ same for ``vat-hf eval``, ``python -m vat_hf.evaluate`` and each stage of ``vat-
 writing the results file and per-sample records of :mod:`~vat_hf.evaluation.results`).
 """
 
+from vat_hf.evaluation.config import DataConfig, EvalConfig
 from vat_hf.evaluation.judge import Evaluator, token_budget_batches
+from vat_hf.evaluation.run import run_evaluation
 from vat_hf.evaluation.task import (
     MODE_GENERATE,
     MODE_LOGPROB,
@@ -23,7 +25,7 @@ from vat_hf.evaluation.task import (
     summarize,
 )
 
-__all__ = ["EvaluationSummary", "Evaluator", "MODES", "MODE_GENERATE", "MODE_LOGPROB",
-           "MODE_MULTITOKEN", "OptionTokenError", "make_record", "option_token_ids", "parse_rating",
+__all__ = ["DataConfig", "EvalConfig", "EvaluationSummary", "Evaluator", "MODES", "MODE_GENERATE", "MODE_LOGPROB",
+           "MODE_MULTITOKEN", "OptionTokenError", "make_record", "option_token_ids", "parse_rating", "run_evaluation",
            "summarize", "token_budget_batches"]
 

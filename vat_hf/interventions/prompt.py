@@ -14,8 +14,6 @@ from typing import Mapping, Optional, Sequence
 from vat_hf.prompts import SCALE_MAX, SCALE_MIN, JudgePrompt, judge_user_turn, rating_answer, value_system_prompt
 from vat_hf.values import canonical_value
 
-SUPPORTED_SHOTS = (0, 2, 4, 8)
-
 
 class TrainSplitError(ValueError):
     """Intervention material was asked for from items that are not all ``train`` items."""
