@@ -190,10 +190,11 @@ def card_body(info: Mapping) -> str:
 
 def write_model_card(output_dir, info: Mapping) -> Path:
     """Store ``info`` as ``vat_training.json`` and render ``README.md`` next to the weights
-    (both written atomically)."""
+    (both written atomically; the card is rendered first, so a failure changes neither)."""
     output_dir = Path(output_dir)
+    text = str(render_card(info))
     write_json(output_dir / TRAINING_INFO, dict(info))
-    return atomic_write_text(output_dir / CARD, str(render_card(info)))
+    return atomic_write_text(output_dir / CARD, text)
 
 
 def read_training_info(output_dir) -> Optional[Dict]:
