@@ -89,16 +89,7 @@ def item_file(tmp_path):
     return path, items
 
 
-def _no_weights(monkeypatch):
-    def fail(*args, **kwargs):
-        pytest.fail("loaded weights or judged although every judgment was cached")
-
-    monkeypatch.setattr("vat_hf.models.load_model", fail)
-    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", fail)
-    monkeypatch.setattr("vat_hf.evaluation.judge.Evaluator.judge", fail)
-
-
-def test_both_commands_are_one_evaluation_with_one_result_schema(tiny_model_dir, item_file, tmp_path, monkeypatch):
+def test_both_commands_are_one_evaluation_with_one_result_schema(tiny_model_dir, item_file, tmp_path, forbid_loading):
     from vat_hf.data import items_fingerprint
     from vat_hf.evaluate import main
     from vat_hf.evaluation.results import EVALUATION_SCHEMA, prompt_text_hash
@@ -126,7 +117,7 @@ def test_both_commands_are_one_evaluation_with_one_result_schema(tiny_model_dir,
     assert "You are an assistant who deeply holds the value of Power" in samples[0]["prompt"]
     assert samples[0]["probs"] == a[0]["probs"] and samples[0]["rating"] == a[0]["rating"]
     # Run again: every judgment is in the cache, so no weights are loaded and nothing is judged.
-    _no_weights(monkeypatch)
+    forbid_loading()
     again = CliRunner().invoke(app, ["eval", "-o", str(tmp_path / "a" / "judgments.jsonl"), *common])
     assert again.exit_code == 0, again.output
     assert read_jsonl(tmp_path / "a" / "judgments.jsonl") == a
@@ -166,7 +157,7 @@ def test_a_changed_model_file_is_judged_again(tiny_model_dir, tmp_path):
     assert read_json(tmp_path / "results_r2.json")["stats"]["n_computed"] == 4
 
 
-def test_an_item_with_nothing_to_judge_is_recorded_and_needs_no_model(tiny_model_dir, tmp_path, monkeypatch):
+def test_an_item_with_nothing_to_judge_is_recorded_and_needs_no_model(tiny_model_dir, tmp_path, forbid_loading):
     from vat_hf.data import load_items
     from vat_hf.evaluation import run_evaluation
     from vat_hf.prompts import JudgePrompt
@@ -178,7 +169,7 @@ def test_an_item_with_nothing_to_judge_is_recorded_and_needs_no_model(tiny_model
     first = run_evaluation(config, **kwargs)
     assert first["missing"] == [{"id": items[1]["id"], "reason": f"item {items[1]['id']!r}: empty action; nothing to judge"}]
     assert (first["stats"]["n_computed"], first["summary"]["n_missing"]) == (3, 1)
-    _no_weights(monkeypatch)
+    forbid_loading()
     again = run_evaluation(config, **kwargs)
     assert (again["stats"]["n_cached"], again["stats"]["n_computed"]) == (3, 0)
     assert again["missing"] == first["missing"] and again["summary"] == first["summary"]

@@ -25,17 +25,7 @@ def test_recipe_parsing_and_errors():
         ExperimentConfig.from_dict({"target_value": "Kindness"})
 
 
-def _no_weights(monkeypatch):
-    """Make any load of model weights (or any judging) fail the test."""
-    def fail(*args, **kwargs):
-        pytest.fail("loaded weights or judged on a rerun of a finished experiment")
-
-    monkeypatch.setattr("vat_hf.models.load_model", fail)
-    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", fail)
-    monkeypatch.setattr("vat_hf.evaluation.judge.Evaluator.judge", fail)
-
-
-def test_run_on_tiny_model_writes_judgments_results_and_resumes(tiny_model_dir, tmp_path, monkeypatch):
+def test_run_on_tiny_model_writes_judgments_results_and_resumes(tiny_model_dir, tmp_path, forbid_loading):
     from vat_hf.data import items_fingerprint, load_items
     from vat_hf.evaluation.results import EVALUATION_SCHEMA, INTERVENTION_SCHEMA, prompt_text_hash
     from vat_hf.provenance import PROVENANCE_KEYS
@@ -74,7 +64,7 @@ def test_run_on_tiny_model_writes_judgments_results_and_resumes(tiny_model_dir, 
     assert post_samples[0]["prompt"].count("<|im_start|>user") == 3 and pre_samples[0]["prompt"].count("<|im_start|>user") == 1
     # A rerun of the finished experiment judges nothing and loads no weights: every judgment
     # comes from the cache, keyed by the model's files.
-    _no_weights(monkeypatch)
+    forbid_loading()
     again = run_experiment(cfg, progress=False)
     assert again["results"][0]["vat"] == result["vat"]
     assert read_json(result["evaluation"]["post"]["results"])["stats"]["n_computed"] == 0

@@ -165,7 +165,7 @@ def test_adapter_switching_matches_loading_each_adapter_alone(tmp_path, tiny_mod
     assert not torch.allclose(a, b, atol=1e-3)  # the two adapters really differ
 
 
-def test_vat_hf_run_trains_scores_and_reuses_adapters(tmp_path, tiny_model_dir, monkeypatch):
+def test_vat_hf_run_trains_scores_and_reuses_adapters(tmp_path, tiny_model_dir, monkeypatch, forbid_loading):
     from vat_hf.pipeline import ExperimentConfig, run_experiment
 
     recipe = tiny_recipe(tmp_path / "r.yaml", max_steps=1)  # no model: the experiment's base is used
@@ -188,8 +188,7 @@ def test_vat_hf_run_trains_scores_and_reuses_adapters(tmp_path, tiny_model_dir, 
     assert read_training_info(tmp_path / "run/adapters/dpo-lora")["hyperparameters"]["beta"] == 0.2
     # A second run reuses the finished adapters and judgments: nothing is trained, judged or loaded.
     monkeypatch.setattr("vat_hf.train.common.run_training", lambda *a, **k: pytest.fail("trained again"))
-    monkeypatch.setattr("vat_hf.evaluation.judge.Evaluator.judge", lambda *a, **k: pytest.fail("judged again"))
-    monkeypatch.setattr("vat_hf.models.load_model", lambda *a, **k: pytest.fail("loaded weights again"))
+    forbid_loading()
     again = run_experiment(cfg, progress=False)
     assert [r["vat"]["gain"] for r in again["results"]] == [r["vat"]["gain"] for r in out["results"]]
     # The base model is the experiment's; a full fine-tuning recipe is refused before training.
