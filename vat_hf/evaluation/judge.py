@@ -62,6 +62,7 @@ from vat_hf.evaluation.task import (
     JudgeStats,
     answer_complete,
     bad_item_reason,
+    check_item_ids,
     default_max_length,
     distribution_outputs,
     generated_outputs,
@@ -502,9 +503,7 @@ class Evaluator:
         from vat_hf.evaluation.cache import item_hash
 
         started = time.perf_counter()
-        for position, item in enumerate(items):
-            if not isinstance(item, Mapping) or item.get("id") in (None, ""):
-                raise ValueError(f"item {position} has no 'id'; every judged item needs one (see vat_hf.data.schema)")
+        check_item_ids(items)
         prompt_hash = self.prompt.fingerprint()
         outputs: List[Optional[Dict]] = [None] * len(items)
         cache = self.cache

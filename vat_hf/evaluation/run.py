@@ -28,7 +28,7 @@ from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional,
 
 from vat_hf.errors import VatHfError
 from vat_hf.evaluation.config import EvalConfig
-from vat_hf.evaluation.task import JudgeStats, make_record
+from vat_hf.evaluation.task import JudgeStats, check_item_ids, make_record
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +97,6 @@ def distributed_state():
     # MULTI_GPU) run on CPU and talk over gloo.
     accelerator = Accelerator(cpu=default_device().type == "cpu")
     return accelerator, accelerator.process_index, accelerator.num_processes
-
-
-def check_item_ids(items: Sequence[Mapping]) -> None:
-    for position, item in enumerate(items):
-        if not isinstance(item, Mapping) or item.get("id") in (None, ""):
-            raise ValueError(f"item {position} has no 'id'; every judged item needs one (see vat_hf.data.schema)")
 
 
 class HFModelSource:

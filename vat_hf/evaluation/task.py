@@ -217,6 +217,13 @@ def generated_outputs(text: str, **extra) -> Dict:
 
 # -- records -------------------------------------------------------------------------------------
 
+def check_item_ids(items: Sequence[Mapping]) -> None:
+    """Every judged item needs an id (records are paired and cached by it); refuse any without."""
+    for position, item in enumerate(items):
+        if not isinstance(item, Mapping) or item.get("id") in (None, ""):
+            raise ValueError(f"item {position} has no 'id'; every judged item needs one (see vat_hf.data.schema)")
+
+
 def make_record(item: Mapping, outputs: Mapping, prompt_hash: str) -> Dict:
     """One judgment record: the item's metadata (:data:`ITEM_KEYS`), the model's outputs (a
     mapping of :data:`OUTPUT_KEYS`) and the prompt's fingerprint."""

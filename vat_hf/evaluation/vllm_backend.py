@@ -44,6 +44,7 @@ from vat_hf.evaluation.task import (
     MODE_GENERATE,
     JudgeStats,
     bad_item_reason,
+    check_item_ids,
     distribution_outputs,
     generated_outputs,
     make_record,
@@ -115,6 +116,7 @@ class VLLMEvaluator:
 
     def judge(self, items: Sequence[Mapping]) -> List[Dict]:
         started = time.perf_counter()
+        check_item_ids(items)
         outputs: List[Optional[Dict]] = [None] * len(items)
         todo = []
         for i, item in enumerate(items):
