@@ -43,6 +43,13 @@ def test_run_on_tiny_model_writes_judgments_results_and_resumes(tiny_model_dir, 
     baseline = read_jsonl(tmp_path / "judgments" / "baseline.jsonl")
     assert len(baseline) == 40 and all(r["split"] == "test" for r in baseline)
     assert (tmp_path / "report" / "report.md").exists()
+    from vat_hf.report import load_results
+
+    # `vat-hf report` reads the result files back; the evaluations' own results files beside
+    # the judgments are not intervention results and are passed over in a folder.
+    assert [r["vat"] for r in load_results([tmp_path / "results"])] == [result["vat"]]
+    with pytest.raises(ValueError, match="no vat-hf results"):
+        load_results([tmp_path / "judgments"])
     # Each stage wrote the results file and per-sample records of `vat-hf eval`, and the
     # intervention's result points to them with the same provenance.
     for phase, stage in (("pre", "baseline"), ("post", "prompt-k2")):
