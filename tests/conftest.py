@@ -42,3 +42,19 @@ def lens_csv():
     if not LENS_CSV.exists():
         pytest.skip(f"the ValueActionLens corpus is not at {LENS_CSV} (it lives in ../shared beside the repo)")
     return LENS_CSV
+
+
+@pytest.fixture
+def forbid_loading(monkeypatch):
+    """``forbid_loading()`` makes any later load of model weights, or any judging, fail the test
+    (for reruns that must be served from the judgment cache)."""
+
+    def forbid():
+        def fail(*args, **kwargs):
+            pytest.fail("loaded weights or judged although every judgment was cached")
+
+        monkeypatch.setattr("vat_hf.models.load_model", fail)
+        monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", fail)
+        monkeypatch.setattr("vat_hf.evaluation.judge.Evaluator.judge", fail)
+
+    return forbid

@@ -12,6 +12,7 @@ import torch
 
 from vat_hf.evaluation import Evaluator, parse_rating
 from vat_hf.evaluation import judge as judge_module
+from vat_hf.evaluation import task as task_module
 from vat_hf.evaluation.cache import JudgmentCache
 from vat_hf.evaluation.prefix import PrefixCache, common_prefix_length
 from vat_hf.evaluation.run import AdapterNotFoundError, check_adapter
@@ -118,12 +119,12 @@ def test_multitoken_scoring_agrees_with_single_token_scoring(sharp_model):
 
 def test_auto_mode_falls_back_to_multitoken(sharp_model, monkeypatch):
     def not_single(tokenizer, options=None):
-        raise judge_module.OptionTokenError("options are two tokens")
+        raise task_module.OptionTokenError("options are two tokens")
 
-    monkeypatch.setattr(judge_module, "option_token_ids", not_single)
+    monkeypatch.setattr(task_module, "option_token_ids", not_single)
     ev = Evaluator(sharp_model.model, sharp_model.tokenizer, progress=False)
     assert ev.mode == "logprob-multitoken"
-    with pytest.raises(judge_module.OptionTokenError):
+    with pytest.raises(task_module.OptionTokenError):
         Evaluator(sharp_model.model, sharp_model.tokenizer, mode="logprob", progress=False)
 
 
@@ -334,7 +335,7 @@ def test_vat_hf_eval_writes_judgments_samples_and_results(tiny_model_dir, tmp_pa
     assert len(records) == len(samples) == results["summary"]["n_items"] == 20
     assert samples[0]["item"]["id"] == records[0]["id"] and len(samples[0]["prompt_hash"]) == 64
     assert samples[0]["probs"] == records[0]["probs"] and len(samples[0]["option_logprobs"]) == 5
-    assert results["config"]["k_shots"] == 2 and results["seed"] == 0 and results["mode"] == "logprob"
+    assert results["config"]["arguments"]["k_shots"] == 2 and results["seed"] == 0 and results["mode"] == "logprob"
     assert results["versions"]["transformers"] and results["prompt"]["fingerprint"] == records[0]["prompt_hash"]
     assert results["stats"]["n_computed"] == 20 and results["stats"]["prefix_tokens"] > 100
     again = CliRunner().invoke(app, args)

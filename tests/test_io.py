@@ -42,3 +42,15 @@ def test_atomic_write_dir_swaps_whole_directories(tmp_path, monkeypatch, exchang
         io.atomic_write_dir(target, fail)
     assert sorted(os.listdir(target)) == ["b"]  # a failed build leaves the old directory as it was
     assert sorted(os.listdir(tmp_path)) == ["model"]  # and nothing beside it
+
+
+def test_atomic_writes_get_the_modes_of_plain_writes(tmp_path):
+    """The temporary file and folder are private while being written; the result is not."""
+    mask = os.umask(0o022)
+    try:
+        io.atomic_write_text(tmp_path / "a.txt", "x")
+        io.atomic_write_dir(tmp_path / "d", lambda d: (d / "f").write_text("y"))
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

@@ -8,9 +8,10 @@ import pytest
 import torch
 import yaml
 
+from vat_hf.interventions import train_intervention
 from vat_hf.io import read_jsonl
-from vat_hf.train import read_training_info, train_intervention
-from vat_hf.train.config import TrainingConfigError, parse_training_args, recipe_args
+from vat_hf.train import read_training_info
+from vat_hf.train.config import TrainingConfigError, parse_training_args, parse_training_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(target_value="Benevolence", use_cpu=True, bf16=False, activation_checkpointing=False, use_peft=True,
@@ -43,6 +44,20 @@ def test_recipes_parse_and_flags_override(tmp_path):
     assert training.beta == 0.1 and training.max_steps == yaml.safe_load(demo.read_text())["max_steps"]  # the file still counts
 
 
+def test_a_recipe_mapping_parses_in_memory_exactly_as_its_file(tmp_path):
+    """`vat-hf run` parses an intervention's resolved recipe as a mapping, with no file in
+    between: every recipe gives the same three dataclasses either way."""
+    for recipe in sorted(REPO.glob("recipes/*/[sd][fp][to]/config_*.yaml")):
+        method = recipe.parent.name
+        flags = ["--use_cpu", "true", "--output_dir", str(tmp_path)]
+        from_file = parse_training_args(method, ["--config", str(recipe), *flags])
+        in_memory = parse_training_config(method, yaml.safe_load(recipe.read_text()), flags)
+        for a, b in zip(from_file, in_memory):
+            assert type(a) is type(b) and a.to_dict() == b.to_dict() if hasattr(a, "to_dict") else a == b, recipe
+    with pytest.raises(TrainingConfigError, match=r"intervention 'x': unknown key\(s\) 'lerning_rate'"):
+        parse_training_config("sft", {"target_value": "Power", "lerning_rate": 1.0}, where="intervention 'x'")
+
+
 def test_bad_inputs_fail_before_any_model_is_loaded(tmp_path, tiny_model_dir, monkeypatch):
     from vat_hf.train.common import run_training
     from vat_hf.train.data import TrainingDataError
@@ -66,7 +81,7 @@ def test_bad_inputs_fail_before_any_model_is_loaded(tmp_path, tiny_model_dir, mo
     with pytest.raises(TrainingDataError, match="no 'train' items"):
         run_training("dpo", *parse_training_args("dpo", ["--config", str(recipe), "--data_source", str(test_only)]))
     with pytest.raises(TrainingDataError, match="not in the 'train' split"):
-        run_training("sft", *parse_training_args("sft", recipe_args(recipe)), items=load_builtin("test"))
+        run_training("sft", *parse_training_args("sft", ["--config", str(recipe)]), items=load_builtin("test"))
     assert not (tmp_path / "out").exists()
 
 
@@ -133,10 +148,13 @@ def test_adapter_switching_matches_loading_each_adapter_alone(tmp_path, tiny_mod
     cfg = ExperimentConfig.from_dict({"target_value": "Benevolence", "model": str(tiny_model_dir), "output_dir": str(tmp_path / "run"),
                                       "eval": {"dtype": "float32", "device": "cpu"}})
     runner = ExperimentRunner(cfg, progress=False)
-    switched = {"base": runner.evaluate("baseline", items, JudgePrompt(name="baseline"))}
+    def stage(name, prompt, adapter=None):
+        return read_jsonl(runner.evaluate(name, items, prompt, adapter=adapter)["files"]["judgments"])
+
+    switched = {"base": stage("baseline", JudgePrompt(name="baseline"))}
     for k, adapter in enumerate(adapters):
-        switched[adapter] = runner.evaluate(f"a{k}", items, JudgePrompt(), adapter=adapter)
-    switched["base-again"] = runner.evaluate("base-again", items, JudgePrompt(name="again"))  # adapters off again
+        switched[adapter] = stage(f"a{k}", JudgePrompt(), adapter=adapter)
+    switched["base-again"] = stage("base-again", JudgePrompt(name="again"))  # adapters off again
     for key in [None, *adapters]:
         alone = load_model(str(tiny_model_dir), adapter=key, device="cpu", dtype="float32")
         expected = Evaluator(alone.model, alone.tokenizer, progress=False).judge(items)
@@ -147,7 +165,7 @@ def test_adapter_switching_matches_loading_each_adapter_alone(tmp_path, tiny_mod
     assert not torch.allclose(a, b, atol=1e-3)  # the two adapters really differ
 
 
-def test_vat_hf_run_trains_scores_and_reuses_adapters(tmp_path, tiny_model_dir, monkeypatch):
+def test_vat_hf_run_trains_scores_and_reuses_adapters(tmp_path, tiny_model_dir, monkeypatch, forbid_loading):
     from vat_hf.pipeline import ExperimentConfig, run_experiment
 
     recipe = tiny_recipe(tmp_path / "r.yaml", max_steps=1)  # no model: the experiment's base is used
@@ -166,18 +184,20 @@ def test_vat_hf_run_trains_scores_and_reuses_adapters(tmp_path, tiny_model_dir, 
         assert info["data"]["n_scenes"] == 2 and isinstance(result["vat"]["gain"], float)
         assert info["vat"]["gain"] == result["vat"]["gain"] and "| gain |" in (adapter / "README.md").read_text()
         assert len(read_jsonl(tmp_path / "run" / "judgments" / f"{result['name']}.jsonl")) == 20
+        assert (adapter / "vat_recipe.yaml").exists()  # the resolved recipe, kept for the record
     assert read_training_info(tmp_path / "run/adapters/dpo-lora")["hyperparameters"]["beta"] == 0.2
-    # A second run reuses the finished adapters and judgments.
+    # A second run reuses the finished adapters and judgments: nothing is trained, judged or loaded.
     monkeypatch.setattr("vat_hf.train.common.run_training", lambda *a, **k: pytest.fail("trained again"))
-    monkeypatch.setattr("vat_hf.pipeline.ExperimentRunner._judge", lambda *a, **k: pytest.fail("judged again"))
+    forbid_loading()
     again = run_experiment(cfg, progress=False)
     assert [r["vat"]["gain"] for r in again["results"]] == [r["vat"]["gain"] for r in out["results"]]
     # The base model is the experiment's; a full fine-tuning recipe is refused before training.
-    from vat_hf.pipeline import InterventionConfig, RecipeError
+    from vat_hf.errors import RecipeError
+    from vat_hf.interventions import InterventionConfig
 
     spec = InterventionConfig(type="sft", name="full", recipe=str(recipe), overrides={"use_peft": False})
     with pytest.raises(RecipeError, match="use_peft: true"):
-        train_intervention(spec, cfg, [], tmp_path / "full")
+        train_intervention(spec, str(tiny_model_dir), "Benevolence", "builtin", None, [], tmp_path / "full")
     # A bad training key fails at the start of the run, before the baseline evaluation.
     cfg.output_dir = str(tmp_path / "typo")
     cfg.interventions[1].overrides = {"lerning_rate": 1e-4}

@@ -1,7 +1,7 @@
 """The ``vat-hf`` command line (typer).
 
     vat-hf values                          the taxonomy
-    vat-hf eval  --model M [--adapter A] [--target-value V --k-shots K] [--log-samples] -o judgments.jsonl
+    vat-hf eval  --model M [--adapter A] [--target-value V --k-shots K] -o judgments.jsonl   (= python -m vat_hf.evaluate)
     vat-hf score PRE.jsonl POST.jsonl --target-value V -o vat.json
     vat-hf run   recipes/demo/smollm2_benevolence.yaml
     vat-hf report RESULT.json [...] -o DIR
@@ -54,51 +54,18 @@ def values():
     console.print(table)
 
 
-@app.command("eval")
-def eval_(
-    output: Path = typer.Option(..., "--output", "-o", help="JSONL file of per-item judgments."),
-    model: Optional[str] = typer.Option(None, help="Hub id or local folder; default: the embedded SmolLM2-135M-Instruct."),
-    adapter: Optional[str] = typer.Option(None, help="PEFT adapter folder or Hub id, loaded without merging."),
-    data: str = typer.Option("builtin", help="Item source: 'builtin', a file/folder in the item schema, or a Hub id."),
-    split: Optional[str] = typer.Option("test", help="Split to judge ('train', 'test'; '' for all)."),
-    max_scenes: Optional[int] = typer.Option(None, help="Judge a reproducible sample of this many scenes."),
-    target_value: Optional[str] = typer.Option(None, help="Apply a prompt intervention toward this value."),
-    k_shots: int = typer.Option(0, help="Few-shot demonstrations (from train scenes) for the prompt intervention."),
-    system_prompt: bool = typer.Option(True, help="Use the value system prompt with --target-value."),
-    dtype: str = typer.Option("auto", help="auto, float32, bfloat16 or float16."),
-    max_batch_tokens: int = typer.Option(8192, help="Token budget of one batch (padded length x rows)."),
-    max_batch_size: int = typer.Option(64, help="Most rows in one batch."),
-    mode: str = typer.Option("auto", help="auto, logprob, logprob-multitoken or generate."),
-    prefix_reuse: str = typer.Option("auto", help="Reuse the shared prompt prefix's key/value cache: auto, true, false."),
-    max_length: Optional[int] = typer.Option(None, help="Longest prompt judged (default: the model's context)."),
-    truncation: str = typer.Option("refuse", help="Over-long prompts: refuse (recorded as missing) or left (keep the last tokens)."),
-    cache_dir: Optional[Path] = typer.Option(None, help="Judgment cache root (default $VAT_HF_CACHE); a rerun resumes."),
-    cache: bool = typer.Option(True, help="Read and write the judgment cache."),
-    log_samples: bool = typer.Option(False, "--log-samples", help="Also write samples_<name>.jsonl beside the output."),
-    backend: str = typer.Option("hf", help="hf (transformers) or vllm (optional extra)."),
-    seed: int = typer.Option(0),
-):
-    """Judge items with a model (optionally an adapter and a prompt intervention).
+@app.command("eval", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def eval_(ctx: typer.Context):
+    """Judge items with a model (optionally an adapter and a prompt intervention); flags: vat-hf eval --help.
 
-    Writes the judgments, results_<name>.json (config, versions, seed, summary) beside them and,
-    with --log-samples, samples_<name>.jsonl. For several GPUs: accelerate launch -m vat_hf.evaluate.
+    Takes exactly the arguments of `python -m vat_hf.evaluate` (one parser, generated from the
+    EvalArguments, DataConfig and EvalConfig dataclasses). Writes the judgments, results_<name>.json
+    and samples_<name>.jsonl beside them. For several GPUs: accelerate launch -m vat_hf.evaluate.
     """
-    from vat_hf.evaluation.run import EvalRunConfig, run_evaluation
+    from vat_hf.evaluate import main as evaluate_main
 
-    config = EvalRunConfig(
-        output=str(output), model=model, adapter=adapter, data=data, split=split, max_scenes=max_scenes,
-        target_value=target_value, k_shots=k_shots, system_prompt=system_prompt, dtype=dtype,
-        max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size, mode=mode, prefix_reuse=prefix_reuse,
-        max_length=max_length, truncation=truncation, cache_dir=str(cache_dir) if cache_dir else None, use_cache=cache,
-        log_samples=log_samples, backend=backend, seed=seed,
-    )
-    results = run_evaluation(config)
-    s = results["summary"]
-    missing = f", {s['n_missing']} missing" if s["n_missing"] else ""
-    console.print(f"{s['n_items']} judgments -> {output}  (mean rating {s['mean_rating']:.3f}, option mass mean "
-                  f"{s['option_mass_mean']:.3f}, min {s['option_mass_min']:.3f}{missing}; mode {results['mode']}; "
-                  f"{results['stats']['n_cached']} from cache)")
-    console.print(f"results -> {results['files']['results']}")
+    evaluate_main(list(ctx.args), prog="vat-hf eval")
 
 
 @app.command()

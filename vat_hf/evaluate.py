@@ -1,13 +1,21 @@
-"""Evaluation entry point for one or many processes.
+"""Evaluation entry point for one or many processes (``vat-hf eval`` runs the same parser).
 
-    python -m vat_hf.evaluate --model M -o judgments.jsonl [--target-value V --k-shots K] [--log-samples]
+    python -m vat_hf.evaluate --model M -o judgments.jsonl [--target-value V --k-shots K]
     accelerate launch -m vat_hf.evaluate --model M -o judgments.jsonl ...      # data-parallel
+
+A thin script over three dataclasses, parsed by ``transformers.HfArgumentParser`` as TRL's
+scripts are: :class:`EvalArguments` (what is evaluated: model, adapter, prompt intervention,
+output), :class:`~vat_hf.evaluation.config.DataConfig` (which items) and
+:class:`~vat_hf.evaluation.config.EvalConfig` (every evaluator setting, the same dataclass as an
+experiment recipe's ``eval:`` section). The evaluation itself is
+:func:`vat_hf.evaluation.run_evaluation`, the function every stage of ``vat-hf run`` goes
+through too.
 
 Under ``accelerate launch`` every process judges its share of the items on its own device; the
 records are gathered in the items' original order and the main process writes them, so the
 files equal those of a single-process run. A killed run restarted with the same command reads
-finished judgments from the cache (``--cache-dir``, default ``$VAT_HF_CACHE``) and judges only
-the rest. See :mod:`vat_hf.evaluation.run` for the files written.
+finished judgments from the cache (``--cache_dir``, default ``$VAT_HF_CACHE``) and judges only
+the rest. Files written: see :mod:`vat_hf.evaluation.results`.
 
 (This module is ``vat_hf.evaluate``; ``import evaluate`` elsewhere still finds the Hugging Face
 ``evaluate`` package, since vat-hf uses absolute imports only.)
@@ -16,75 +24,104 @@ the rest. See :mod:`vat_hf.evaluation.run` for the files written.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
 import sys
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
 
-from vat_hf.evaluation.run import EvalRunConfig, run_evaluation
-
-
-def _optional_int(text: str) -> Optional[int]:
-    return None if text.lower() in ("", "none") else int(text)
+from vat_hf.errors import VatHfError
+from vat_hf.evaluation.config import DataConfig, EvalConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = EvalRunConfig(output="")
-    p = argparse.ArgumentParser(prog="python -m vat_hf.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-o", "--output", required=True, help="JSONL file of per-item judgments (written by the main process).")
-    p.add_argument("--model", default=None, help="Hub id or local folder; default: the embedded SmolLM2-135M-Instruct.")
-    p.add_argument("--adapter", default=None, help="PEFT adapter folder or Hub id, loaded without merging.")
-    p.add_argument("--data", default=d.data, help="Item source: 'builtin', a file/folder in the item schema, or a Hub id.")
-    p.add_argument("--split", default=d.split, help="Split to judge ('train', 'test'; '' for all).")
-    p.add_argument("--max-scenes", type=_optional_int, default=None, help="Judge a reproducible sample of this many scenes.")
-    p.add_argument("--limit", type=_optional_int, default=None, help="Judge only the first N items.")
-    p.add_argument("--target-value", default=None, help="Apply a prompt intervention toward this value.")
-    p.add_argument("--k-shots", type=int, default=d.k_shots, help="Few-shot demonstrations for the prompt intervention.")
-    p.add_argument("--no-system-prompt", dest="system_prompt", action="store_false",
-                   help="Leave out the value system prompt of --target-value.")
-    p.add_argument("--dtype", default=d.dtype, help="auto (bf16 on GPUs that support it, else fp32), float32, bfloat16, float16.")
-    p.add_argument("--device", default=None, help="Device (default: this process's accelerator device).")
-    p.add_argument("--attn-implementation", default=None, help="Attention kernel (default sdpa; flash_attention_2 if installed).")
-    p.add_argument("--backend", default=d.backend, choices=("hf", "vllm"), help="hf (transformers) or vllm (optional extra).")
-    p.add_argument("--mode", default=d.mode, choices=("auto", "logprob", "logprob-multitoken", "generate"),
-                   help="Scoring mode; auto: logprob when the options are single tokens, else logprob-multitoken.")
-    p.add_argument("--prefix-reuse", default=d.prefix_reuse, choices=("auto", "true", "false"),
-                   help="Reuse the shared prompt prefix's key/value cache.")
-    p.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens, help="Token budget of one batch (padded length x rows).")
-    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="Most rows in one batch.")
-    p.add_argument("--max-length", type=_optional_int, default=None, help="Longest prompt judged (default: the model's context).")
-    p.add_argument("--truncation", default=d.truncation, choices=("refuse", "left"),
-                   help="Over-long prompts: refuse (recorded as missing) or keep their last max-length tokens.")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="Answer length in generate mode.")
-    p.add_argument("--cache-dir", default=None, help="Judgment cache root (default $VAT_HF_CACHE or ~/.cache/vat-hf).")
-    p.add_argument("--no-cache", dest="use_cache", action="store_false", help="Judge everything; read and write no cache.")
-    p.add_argument("--log-samples", action="store_true", help="Also write samples_<name>.jsonl (per-item log).")
-    p.add_argument("--log-dir", default=None, help="Folder for results_<name>.json and samples (default: the output's folder).")
-    p.add_argument("--name", default=None, help="Run name in the log file names (default: the output file's stem).")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
+@dataclass
+class EvalArguments:
+    """What one evaluation judges with and where its judgments go (the items are a
+    :class:`DataConfig`, the settings an :class:`EvalConfig`)."""
+
+    _argument_group_name = "what is evaluated (EvalArguments)"  # HfArgumentParser: the --help section
+
+    output: str = field(metadata={"help": "JSONL file of per-item judgments (written by the main process).",
+                                  "aliases": ["-o"]})
+    model: Optional[str] = field(
+        default=None, metadata={"help": "Hub id or local folder; default: the embedded SmolLM2-135M-Instruct."})
+    adapter: Optional[str] = field(
+        default=None, metadata={"help": "PEFT adapter folder or Hub id, loaded on the model without merging."})
+    target_value: Optional[str] = field(
+        default=None, metadata={"help": "Apply the prompt intervention toward this basic value."})
+    k_shots: int = field(
+        default=0, metadata={"help": "Few-shot demonstrations (from train scenes) for the prompt intervention."})
+    system_prompt: bool = field(
+        default=True, metadata={"help": "Use the value system prompt with --target_value."})
+    name: Optional[str] = field(
+        default=None, metadata={"help": "Run name in the log file names (default: the output file's stem)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the scene sample and the demonstrations."})
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    progress = args.pop("progress")
-    verbose = args.pop("verbose")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    config = EvalRunConfig(**args)
-    from vat_hf.evaluation.run import _distributed_state
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
 
-    accelerator, _, _ = _distributed_state()
+
+def build_parser(prog: str = "python -m vat_hf.evaluate"):
+    """``HfArgumentParser`` over (EvalArguments, DataConfig, EvalConfig), plus ``-v``."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((EvalArguments, DataConfig, EvalConfig), prog=prog, description=__doc__,
+                              formatter_class=_HelpFormatter, allow_abbrev=False)
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log progress details.")
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None, prog: str = "python -m vat_hf.evaluate"):
+    """(EvalArguments, DataConfig, EvalConfig, verbose) from command-line arguments."""
+    parser = build_parser(prog)
     try:
-        results = run_evaluation(config, progress=progress, accelerator=accelerator)
+        args, data, config, rest = parser.parse_args_into_dataclasses(
+            list(sys.argv[1:] if argv is None else argv), look_for_args_file=False)
+    except VatHfError as err:
+        parser.error(str(err))
+    return args, data, config, rest.verbose
+
+
+def evaluate(args: EvalArguments, data: DataConfig, config: EvalConfig, accelerator=None) -> Dict[str, Any]:
+    """Load the items, build the prompt, and run the evaluation."""
+    from vat_hf.evaluation.run import check_adapter, run_evaluation
+    from vat_hf.prompts import JudgePrompt
+
+    check_adapter(args.adapter)  # before anything is loaded
+    items = data.load(seed=args.seed)
+    prompt = JudgePrompt()
+    if args.target_value:
+        from vat_hf.interventions import value_prompt
+
+        train = data.load_train(seed=args.seed) if args.k_shots else []
+        prompt = value_prompt(args.target_value, train, k_shots=args.k_shots, system_prompt=args.system_prompt,
+                              seed=args.seed)
+    return run_evaluation(config, items=items, prompt=prompt, output=args.output, model=args.model,
+                          adapter=args.adapter, name=args.name, seed=args.seed, data_config=data.to_dict(),
+                          run_config={"arguments": dataclasses.asdict(args), "data": data.to_dict()},
+                          accelerator=accelerator)
+
+
+def summary_line(results: Dict[str, Any]) -> str:
+    s, stats = results["summary"], results["stats"]
+    missing = f", {s['n_missing']} missing" if s["n_missing"] else ""
+    return (f"{s['n_items']} judgments -> {results['files']['judgments']}  (mean rating {s['mean_rating']:.3f}, "
+            f"option mass mean {s['option_mass_mean']:.3f}, min {s['option_mass_min']:.3f}{missing}; "
+            f"mode {results['mode']}; {stats['n_cached']} from cache, {stats['n_computed']} judged)\n"
+            f"results -> {results['files']['results']}")
+
+
+def main(argv: Optional[List[str]] = None, prog: str = "python -m vat_hf.evaluate") -> int:
+    args, data, config, verbose = parse_args(argv, prog)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from vat_hf.evaluation.run import distributed_state
+
+    accelerator, _, _ = distributed_state()
+    try:
+        results = evaluate(args, data, config, accelerator=accelerator)
         if results:
-            s = results["summary"]
-            print(json.dumps({"judgments": results["files"]["judgments"], "results": results["files"]["results"],
-                              "n_items": s["n_items"], "n_missing": s["n_missing"], "mean_rating": s["mean_rating"],
-                              "mode": results["mode"], "n_computed": results["stats"]["n_computed"],
-                              "n_cached": results["stats"]["n_cached"], "seconds": results["timing"]["seconds"]}))
+            print(summary_line(results))
     finally:
         if accelerator is not None:
             from vat_hf.distributed import end_distributed

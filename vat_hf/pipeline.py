@@ -1,56 +1,50 @@
 """`vat-hf run`: one experiment recipe from base model to VAT report.
 
 An experiment names a base model, a target value, the items and a list of interventions. The
-run evaluates the base model once (baseline), applies each intervention, evaluates it on the
-same items, scores each against the baseline with the VAT metric and writes one comparative
-report. Every stage writes its file atomically under ``output_dir`` and a re-run reuses finished
-stages (judgments whose item ids and prompt match), so an interrupted run resumes.
+run evaluates the base model once (baseline), realises each intervention
+(:func:`vat_hf.interventions.realise`: a prompt, or an adapter trained with TRL), evaluates it
+on the same items, scores it against the baseline with the VAT metric and writes one comparative
+report. Every stage is one call of :func:`vat_hf.evaluation.run_evaluation`, the function
+``vat-hf eval`` runs, with the recipe's ``eval:`` section as its :class:`EvalConfig`; its
+judgment cache under ``output_dir`` is the one reuse layer, so a rerun (or a run killed part-way)
+judges only what is missing, and a finished stage loads no weights at all.
 
 Layout of ``output_dir``::
 
-    config.json                 the resolved experiment config
-    judgments/baseline.jsonl    per-item records of the base model
-    judgments/<name>.jsonl      per-item records after each intervention
-    cache/judgments/            the evaluator's judgment cache (a stage killed part-way resumes)
-    results/<name>.json         the result of each intervention (config, versions, seed, metric)
-    report/                     report.md, report.html, figures
+    config.json                         the resolved experiment config
+    judgments/<stage>.jsonl             per-item records of the baseline and of each intervention
+    judgments/results_<stage>.json      each evaluation's results (provenance, summary, statistics)
+    judgments/samples_<stage>.jsonl     each evaluation's per-sample records (prompt text and hash)
+    cache/judgments/                    the judgment cache
+    adapters/<name>/                    trained adapters, with their model cards
+    results/<name>.json                 each intervention's result: provenance, both evaluations, VAT
+    report/                             report.md, report.html, figures
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-import platform
 import random
+import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
-from vat_hf.io import read_json, read_jsonl, write_json, write_jsonl
+from vat_hf.errors import RecipeError
+from vat_hf.evaluation.config import DataConfig, EvalConfig
+from vat_hf.interventions.config import InterventionConfig
+from vat_hf.io import read_json, read_jsonl, write_json
 from vat_hf.prompts import JudgePrompt
 from vat_hf.values import canonical_value
 
 logger = logging.getLogger(__name__)
 
-PACKAGES = ("vat-hf", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "evaluate", "numpy", "scipy")
-INTERVENTION_TYPES = ("prompt", "sft", "dpo")
-
-
-class RecipeError(ValueError):
-    """A recipe key or value that cannot be used; names the key and the fix."""
-
-
-def package_versions() -> Dict[str, Optional[str]]:
-    versions: Dict[str, Optional[str]] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+__all__ = ["DataConfig", "EvalConfig", "ExperimentConfig", "ExperimentRunner", "InterventionConfig", "MetricConfig",
+           "RecipeError", "run_experiment"]
 
 
 def _from_mapping(cls, raw: Optional[Mapping], where: str):
@@ -63,46 +57,10 @@ def _from_mapping(cls, raw: Optional[Mapping], where: str):
 
 
 @dataclass
-class DataConfig:
-    source: str = "builtin"
-    split: str = "test"
-    max_scenes: Optional[int] = None
-    columns: Optional[Dict[str, str]] = None  # column mapping for sources with other names
-
-
-@dataclass
-class EvalConfig:
-    dtype: str = "auto"
-    device: Optional[str] = None
-    max_batch_tokens: int = 8192
-    max_batch_size: int = 64
-
-
-@dataclass
 class MetricConfig:
     n_bootstrap: int = 1000
     confidence: float = 0.95
     level: str = "basic"
-
-
-@dataclass
-class InterventionConfig:
-    type: str
-    name: Optional[str] = None
-    # prompt
-    k_shots: int = 0
-    system_prompt: bool = True
-    # sft / dpo: a training recipe (TRL config YAML) and overrides of its keys
-    recipe: Optional[str] = None
-    overrides: Dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.type not in INTERVENTION_TYPES:
-            raise RecipeError(f"intervention type {self.type!r} is not one of {INTERVENTION_TYPES}")
-        if self.type != "prompt" and not self.recipe:
-            raise RecipeError(f"{self.type} intervention {self.name or ''}: give 'recipe', the training config YAML")
-        if self.name is None:
-            self.name = f"prompt-k{self.k_shots}" if self.type == "prompt" else self.type
 
 
 @dataclass
@@ -150,21 +108,10 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
-def _reusable(path: Path, items: List[Mapping], prompt: JudgePrompt, model_key: str) -> Optional[List[Dict]]:
-    """Finished judgments of the same items under the same prompt and model, or None."""
-    if not path.exists():
-        return None
-    records = read_jsonl(path)
-    if [r.get("id") for r in records] != [item["id"] for item in items]:
-        return None
-    if any(r.get("prompt_hash") != prompt.fingerprint() or r.get("model_key") != model_key for r in records):
-        return None
-    return records
-
-
 class ExperimentRunner:
-    """Runs an :class:`ExperimentConfig`; one loaded base model serves every evaluation
-    (adapters are switched on it, never merged, never reloaded per intervention)."""
+    """Runs an :class:`ExperimentConfig`; one loaded base model serves every evaluation that
+    has something to judge (adapters are switched on it, never merged, never reloaded per
+    intervention), and it is loaded only then."""
 
     def __init__(self, config: ExperimentConfig, progress: bool = True):
         self.config = config
@@ -173,133 +120,107 @@ class ExperimentRunner:
         self._loaded = None
 
     # -- model -------------------------------------------------------------------------------
-    @property
-    def loaded(self):
+    def _base(self, source):
+        """The base model, loaded once (with the stage's dtype, device and attention)."""
         if self._loaded is None:
             from vat_hf.models import load_model
 
-            self._loaded = load_model(self.config.model, dtype=self.config.eval.dtype, device=self.config.eval.device)
-        return self._loaded
+            self._loaded = load_model(source.resolved_path, dtype=source.dtype, device=str(source.device),
+                                      attn_implementation=source.attn_implementation)
+        return self._loaded.model
 
-    def _model_for(self, adapter: Optional[str], adapter_name: Optional[str]):
+    def _model_for(self, source, adapter: Optional[str], adapter_name: Optional[str]):
         """The loaded base model with ``adapter`` active (or all adapters off for None)."""
-        model = self.loaded.model
         from peft import PeftModel
 
+        model = self._base(source)
         if adapter is None:
             return model
         if not isinstance(model, PeftModel):
             model = PeftModel.from_pretrained(model, adapter, adapter_name=adapter_name)
-            self.loaded.model = model
+            self._loaded.model = model
         elif adapter_name not in model.peft_config:
             model.load_adapter(adapter, adapter_name=adapter_name)
         model.set_adapter(adapter_name)
         model.eval()
         return model
 
-    def evaluate(self, stage: str, items: List[Mapping], prompt: JudgePrompt, adapter: Optional[str] = None) -> List[Dict]:
-        from vat_hf.evaluation import Evaluator
+    def _loader(self, adapter: Optional[str], stage: str):
+        @contextlib.contextmanager
+        def judging_model(source):
+            model = self._model_for(source, adapter, stage)
+            if adapter is None and hasattr(model, "disable_adapter"):
+                with model.disable_adapter():
+                    yield model
+            else:
+                yield model
 
-        path = self.out / "judgments" / f"{stage}.jsonl"
-        model_key = f"{self.loaded.resolved_path}|{adapter or ''}"
-        reused = _reusable(path, items, prompt, model_key)
-        if reused is not None:
-            logger.info("reusing finished judgments %s", path)
-            return reused
-        model = self._model_for(adapter, stage)
-        if adapter is None and hasattr(model, "disable_adapter"):
-            with model.disable_adapter():
-                records = self._judge(model, items, prompt)
-        else:
-            records = self._judge(model, items, prompt)
-        for record in records:
-            record["model_key"] = model_key
-        write_jsonl(path, records)
-        return records
+        return judging_model
 
-    def _judge(self, model, items, prompt):
-        from vat_hf.evaluation import Evaluator
+    def evaluate(self, stage: str, items: List[Mapping], prompt: JudgePrompt, adapter: Optional[str] = None) -> Dict:
+        """One stage through :func:`vat_hf.evaluation.run_evaluation`; returns its results."""
+        from vat_hf.evaluation import run_evaluation
 
-        # The judgment cache under output_dir makes an evaluation killed part-way resume where it
-        # stopped (finished stages are reused whole by _reusable).
-        evaluator = Evaluator(model, self.loaded.tokenizer, prompt=prompt, max_batch_tokens=self.config.eval.max_batch_tokens,
-                              max_batch_size=self.config.eval.max_batch_size, progress=self.progress,
-                              cache_dir=self.out / "cache")
-        return evaluator.judge(items)
-
-    # -- interventions ---------------------------------------------------------------------
-    def apply(self, spec: InterventionConfig, train_items: List[Mapping]):
-        """(prompt, adapter path) that realise the intervention."""
-        if spec.type == "prompt":
-            from vat_hf.interventions import value_prompt
-
-            prompt = value_prompt(self.config.target_value, train_items, k_shots=spec.k_shots,
-                                  system_prompt=spec.system_prompt, seed=self.config.seed, name=spec.name)
-            return prompt, None
-        from vat_hf.train import train_intervention
-
-        adapter = train_intervention(spec, self.config, train_items, self.out / "adapters" / spec.name)
-        return JudgePrompt(), str(adapter)
+        cfg = self.config
+        eval_config = dataclasses.replace(cfg.eval, progress=cfg.eval.progress and self.progress)
+        return run_evaluation(
+            eval_config, items=items, prompt=prompt, output=self.out / "judgments" / f"{stage}.jsonl",
+            model=cfg.model, adapter=adapter, name=stage, seed=cfg.seed, data_config=cfg.data.to_dict(),
+            run_config={**cfg.to_dict(), "stage": stage}, default_cache_dir=self.out / "cache",
+            loader=self._loader(adapter, stage))
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
-        from vat_hf.data.sources import load_items
-        from vat_hf.evaluation import summarize
+        from vat_hf.evaluation.results import intervention_result
+        from vat_hf.interventions import check_intervention, realise
         from vat_hf.metrics.paired import score_judgments
+        from vat_hf.provenance import provenance
 
         cfg = self.config
         random.seed(cfg.seed)
         write_json(self.out / "config.json", cfg.to_dict())
-        items = load_items(cfg.data.source, split=cfg.data.split, max_scenes=cfg.data.max_scenes, seed=cfg.seed,
-                           columns=cfg.data.columns)
-        needs_train = any(spec.type != "prompt" or spec.k_shots > 0 for spec in cfg.interventions)
-        train_items = load_items(cfg.data.source, split="train", seed=cfg.seed, columns=cfg.data.columns) if needs_train else []
+        items = cfg.data.load(seed=cfg.seed)
+        train_items = cfg.data.load_train(seed=cfg.seed) if any(s.needs_train_items for s in cfg.interventions) else []
         logger.info("%d %s items from %s", len(items), cfg.data.split, cfg.data.source)
-        if any(spec.type != "prompt" for spec in cfg.interventions):
-            from vat_hf.train import check_intervention  # a bad training recipe fails now, not after the evaluations
-
-            for spec in cfg.interventions:
-                if spec.type != "prompt":
-                    check_intervention(spec, cfg, self.out / "adapters" / spec.name)
+        training = dict(base_model=cfg.model, target_value=cfg.target_value, data_source=cfg.data.source,
+                        data_columns=cfg.data.columns)
+        for spec in cfg.interventions:  # a bad training recipe fails now, not after the evaluations
+            if spec.type != "prompt":
+                check_intervention(spec, output_dir=self.out / "adapters" / spec.name, **training)
         baseline = self.evaluate("baseline", items, JudgePrompt(name="baseline"))
-        baseline_summary = summarize(baseline).to_dict()
         results = []
         for spec in cfg.interventions:
-            prompt, adapter = self.apply(spec, train_items)
+            started = time.time()
+            prompt, adapter = realise(spec, train_items=train_items, adapters_dir=self.out / "adapters", seed=cfg.seed,
+                                      **training)
             post = self.evaluate(spec.name, items, prompt, adapter=adapter)
-            vat = score_judgments(baseline, post, cfg.target_value, n_bootstrap=cfg.metric.n_bootstrap,
-                                  confidence=cfg.metric.confidence, level=cfg.metric.level, seed=cfg.seed)
-            result = {
-                "name": spec.name,
-                "model": {"name_or_path": self.loaded.name_or_path, "resolved_path": self.loaded.resolved_path, "adapter": adapter},
-                "target_value": cfg.target_value,
-                "data": {**dataclasses.asdict(cfg.data), "n_items": len(items), "n_scenes": len({i["scene_id"] for i in items})},
-                "intervention": {**dataclasses.asdict(spec), "prompt": prompt.to_dict()},
-                "evaluation": {"pre": baseline_summary, "post": summarize(post).to_dict()},
-                "versions": package_versions(),
-                "seed": cfg.seed,
-                "judgments": {"pre": str(self.out / "judgments" / "baseline.jsonl"),
-                              "post": str(self.out / "judgments" / f"{spec.name}.jsonl")},
-                "vat": vat,
-            }
+            vat = score_judgments(read_jsonl(baseline["files"]["judgments"]), read_jsonl(post["files"]["judgments"]),
+                                  cfg.target_value, n_bootstrap=cfg.metric.n_bootstrap, confidence=cfg.metric.confidence,
+                                  level=cfg.metric.level, seed=cfg.seed)
+            block = provenance(config=cfg.to_dict(), seed=cfg.seed, data=post["data"],
+                               fingerprints={"pre": baseline["fingerprints"], "post": post["fingerprints"]},
+                               started=started)
+            result = intervention_result(
+                name=spec.name, target_value=cfg.target_value, model=post["model"], provenance=block,
+                intervention={**dataclasses.asdict(spec), "prompt": prompt.to_dict()}, pre=baseline, post=post, vat=vat)
             trajectory_file = Path(adapter) / "trajectory.jsonl" if adapter else None
             if trajectory_file is not None and trajectory_file.exists():
                 from vat_hf.train.trajectory import drift_onset
 
                 result["trajectory"] = read_jsonl(trajectory_file)
                 result["drift_onset"] = drift_onset(result["trajectory"])
-            write_json(self.out / "results" / f"{spec.name}.json", result)
+            path = write_json(self.out / "results" / f"{spec.name}.json", result)
             if adapter:  # the trained adapter's model card gets its VAT result
                 from vat_hf.train.card import add_vat_result
 
-                add_vat_result(adapter, result["vat"])
-            results.append(read_json(self.out / "results" / f"{spec.name}.json"))
+                add_vat_result(adapter, result["vat"], data=result["data"])
+            results.append(read_json(path))
         report_paths = {}
         if results:
             from vat_hf.report import write_report
 
             report_paths = write_report(results, self.out / "report", title=f"{cfg.name}: toward {cfg.target_value}")
-        return {"results": results, "report": report_paths, "baseline": baseline_summary}
+        return {"results": results, "report": report_paths, "baseline": baseline["summary"]}
 
 
 def run_experiment(config: "ExperimentConfig | str | Path", progress: bool = True, **overrides) -> Dict[str, Any]:

@@ -1,25 +1,31 @@
 """Judging scenario–action items with a model.
 
-:class:`Evaluator` (single-token, multi-token and generative scoring; token-budget batches;
-shared-prefix key/value reuse; an on-disk judgment cache), :mod:`vat_hf.evaluation.run` (a whole
-evaluation run, data-parallel under ``accelerate launch -m vat_hf.evaluate``, with per-sample
-logs and a results JSON), and an optional vLLM backend (:mod:`vat_hf.evaluation.vllm_backend`).
+:mod:`~vat_hf.evaluation.task` (records and scoring rules, shared by every backend),
+:class:`Evaluator` (the transformers backend: single-token, multi-token and generative scoring;
+token-budget batches; shared-prefix key/value reuse; an on-disk judgment cache), an optional vLLM
+backend (:mod:`~vat_hf.evaluation.vllm_backend`), :class:`EvalConfig` (every evaluator setting,
+the one configuration of an evaluation) and :func:`run_evaluation` (one evaluation stage, the
+same for ``vat-hf eval``, ``python -m vat_hf.evaluate`` and each stage of ``vat-hf run``,
+writing the results file and per-sample records of :mod:`~vat_hf.evaluation.results`).
 """
 
-from vat_hf.evaluation.judge import (
+from vat_hf.evaluation.config import DataConfig, EvalConfig
+from vat_hf.evaluation.judge import Evaluator, token_budget_batches
+from vat_hf.evaluation.run import run_evaluation
+from vat_hf.evaluation.task import (
     MODE_GENERATE,
     MODE_LOGPROB,
     MODE_MULTITOKEN,
     MODES,
     EvaluationSummary,
-    Evaluator,
     OptionTokenError,
     make_record,
     option_token_ids,
     parse_rating,
     summarize,
-    token_budget_batches,
 )
 
-__all__ = ["EvaluationSummary", "Evaluator", "MODES", "MODE_GENERATE", "MODE_LOGPROB", "MODE_MULTITOKEN",
-           "OptionTokenError", "make_record", "option_token_ids", "parse_rating", "summarize", "token_budget_batches"]
+__all__ = ["DataConfig", "EvalConfig", "EvaluationSummary", "Evaluator", "MODES", "MODE_GENERATE", "MODE_LOGPROB",
+           "MODE_MULTITOKEN", "OptionTokenError", "make_record", "option_token_ids", "parse_rating", "run_evaluation",
+           "summarize", "token_budget_batches"]
+

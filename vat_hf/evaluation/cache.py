@@ -8,7 +8,16 @@ Layout (one folder per *namespace*: a model, an adapter, a prompt and a scoring 
 
 A line is ``{"key": <sha256>, "item": <item hash>, "out": {...}}``; ``key`` is
 ``sha256(model fingerprint, adapter fingerprint, prompt fingerprint, scoring fingerprint, item
-hash)``. The item hash covers only what the model reads (scenario and action), and ``out`` only
+hash)``.
+
+Two ways to fingerprint a model. An evaluation run (:func:`vat_hf.evaluation.run.run_evaluation`)
+fingerprints the *files* it will load (:func:`model_files_fingerprint`,
+:func:`adapter_files_fingerprint`: the folder, each weight file's content hash where the Hub
+cache names its blob by one, else its size and modification time, the config and the dtype), so
+it can tell that every judgment is cached before it loads any weights. A model handed to
+:class:`~vat_hf.evaluation.judge.Evaluator` directly may differ from any file (it may be in
+training), so the evaluator fingerprints the weights in memory (:func:`model_fingerprint`,
+:func:`adapter_fingerprint`). The two never share a namespace. The item hash covers only what the model reads (scenario and action), and ``out`` only
 the model's outputs (rating, distribution, ...), so a cached judgment is reused for any item with
 the same text and the item's own metadata (id, value, polarity) is always the current one.
 
@@ -67,10 +76,72 @@ def _tensor_sample_digest(tensors: Iterable[Tuple[str, torch.Tensor]], per_tenso
 
 
 def _weight_files(path: Path) -> List[Dict]:
+    """Each weight file of a folder: name, size and, for a file in the Hub cache (a link to a blob
+    named by its content's sha256), that content hash; for any other file its modification time
+    (a file rewritten in place changes it)."""
     if not path.is_dir():
         return []
-    return [{"name": p.name, "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
-            for p in sorted(path.iterdir()) if p.suffix in WEIGHT_SUFFIXES]
+    entries = []
+    for p in sorted(path.iterdir()):
+        if p.suffix not in WEIGHT_SUFFIXES:
+            continue
+        real = p.resolve()
+        stat = real.stat()
+        entry: Dict = {"name": p.name, "bytes": stat.st_size}
+        if p.is_symlink() and real.parent.name == "blobs":
+            entry["blob"] = real.name
+        else:
+            entry["mtime_ns"] = stat.st_mtime_ns
+        entries.append(entry)
+    return entries
+
+
+def local_folder(name_or_path: Optional[str], revision: Optional[str] = None) -> Optional[Path]:
+    """The folder a model or adapter is loaded from without downloading anything: a local folder,
+    or a Hub id's snapshot in the local Hub cache; None when it is not on this machine yet."""
+    if not name_or_path:
+        return None
+    path = Path(os.path.expanduser(str(name_or_path)))
+    if path.is_dir():
+        return path.resolve()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name_or_path), revision=revision, local_files_only=True)).resolve()
+    except Exception:  # not cached (or not a Hub id): the caller loads the model and fingerprints it in memory
+        return None
+
+
+def _config_digest(folder: Path, name: str) -> Optional[str]:
+    path = folder / name
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text(encoding="utf-8"))
+    # Bookkeeping keys that do not change the outputs (and that save_pretrained rewrites).
+    kept = {k: v for k, v in config.items() if not k.startswith("_") and k not in ("transformers_version", "dtype", "torch_dtype")}
+    return sha256_json(kept)
+
+
+def model_files_fingerprint(name_or_path: Optional[str], dtype: str, revision: Optional[str] = None) -> Optional[str]:
+    """Identifies a base model by the files it is loaded from and the dtype it is loaded in
+    (None when its files are not on this machine)."""
+    folder = local_folder(name_or_path, revision)
+    if folder is None:
+        return None
+    return sha256_json({"kind": "files", "folder": str(folder), "weights": _weight_files(folder),
+                        "config": _config_digest(folder, "config.json"), "dtype": str(dtype)})[:32]
+
+
+def adapter_files_fingerprint(adapter: Optional[str]) -> Optional[str]:
+    """Identifies a PEFT adapter by its folder's config and weight files; ``""`` for no adapter,
+    None when its files are not on this machine."""
+    if not adapter:
+        return ""
+    folder = local_folder(adapter)
+    if folder is None:
+        return None
+    return sha256_json({"kind": "files", "folder": str(folder), "weights": _weight_files(folder),
+                        "config": _config_digest(folder, "adapter_config.json")})[:32]
 
 
 def _peft_adapters_disabled(model) -> bool:

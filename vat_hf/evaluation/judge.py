@@ -37,10 +37,8 @@ prompt and demonstrations are dropped) and the record says how many tokens were 
 from __future__ import annotations
 
 import logging
-import math
-import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -56,34 +54,27 @@ from vat_hf.evaluation.prefix import (
     output_cache,
     unwrap_model,
 )
-from vat_hf.prompts import OPTIONS, SCALE_MAX, SCALE_MIN, JudgePrompt, judge_text
+from vat_hf.evaluation.task import (
+    MODE_GENERATE,
+    MODE_LOGPROB,
+    MODE_MULTITOKEN,
+    TRUNCATION_RULES,
+    JudgeStats,
+    answer_complete,
+    bad_item_reason,
+    check_item_ids,
+    default_max_length,
+    distribution_outputs,
+    generated_outputs,
+    make_record,
+    missing_outputs,
+    resolve_mode,
+    scoring_config,
+    too_long_outputs,
+)
+from vat_hf.prompts import OPTIONS, JudgePrompt, judge_text
 
 logger = logging.getLogger(__name__)
-
-MODE_LOGPROB = "logprob"
-MODE_MULTITOKEN = "logprob-multitoken"
-MODE_GENERATE = "generate"
-MODES = (MODE_LOGPROB, MODE_MULTITOKEN, MODE_GENERATE)
-TRUNCATION_RULES = ("refuse", "left")
-
-
-class OptionTokenError(ValueError):
-    """The tokenizer does not encode the rating options as single, distinct tokens."""
-
-
-def option_token_ids(tokenizer, options: Sequence[str] = OPTIONS) -> List[int]:
-    ids = []
-    for option in options:
-        encoded = tokenizer.encode(option, add_special_tokens=False)
-        if len(encoded) != 1:
-            raise OptionTokenError(
-                f"option {option!r} is {len(encoded)} tokens {encoded} for this tokenizer; single-token "
-                "scoring needs each rating option to be one token"
-            )
-        ids.append(encoded[0])
-    if len(set(ids)) != len(ids):
-        raise OptionTokenError(f"rating options {list(options)} share token ids {ids}")
-    return ids
 
 
 def token_budget_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> List[List[int]]:
@@ -127,130 +118,12 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device, position_o
 
 
 @dataclass
-class EvaluationSummary:
-    n_items: int
-    option_mass_mean: float
-    option_mass_min: float
-    mean_rating: float
-    mode: str = MODE_LOGPROB
-    n_missing: int = 0
-
-    def to_dict(self) -> Dict:
-        return dict(self.__dict__)
-
-
-def summarize(records: Sequence[Mapping]) -> EvaluationSummary:
-    masses = [r["option_mass"] for r in records if r.get("option_mass") is not None]
-    ratings = [r["rating"] for r in records if r.get("rating") is not None]
-    modes = sorted({r.get("mode") for r in records if r.get("mode")})
-    return EvaluationSummary(
-        n_items=len(records),
-        option_mass_mean=float(sum(masses) / len(masses)) if masses else math.nan,
-        option_mass_min=float(min(masses)) if masses else math.nan,
-        mean_rating=float(sum(ratings) / len(ratings)) if ratings else math.nan,
-        mode="+".join(modes) if modes else MODE_LOGPROB,
-        n_missing=len(records) - len(ratings),
-    )
-
-
-ITEM_KEYS = ("id", "scene_id", "country", "domain", "value", "micro_value", "polarity", "split")
-OUTPUT_KEYS = ("rating", "probs", "option_mass", "option_logprobs", "argmax", "n_tokens", "mode", "missing_reason",
-               "truncated_tokens", "generated")
-
-
-def _distribution_outputs(logprobs: Sequence[float], mode: str) -> Dict:
-    """Rating outputs from the five options' log-probabilities (full-vocabulary log-softmax).
-
-    >>> out = _distribution_outputs([math.log(0.1), math.log(0.3), -math.inf, math.log(0.1), math.log(0.5)], "logprob")
-    >>> [round(p, 3) for p in out["probs"]], round(out["option_mass"], 3), round(out["rating"], 3), out["argmax"]
-    ([0.1, 0.3, 0.0, 0.1, 0.5], 1.0, 3.6, 5)
-    """
-    logprobs = [float(x) for x in logprobs]
-    top = max(logprobs)
-    if not math.isfinite(top):
-        dist, mass = [math.nan] * len(logprobs), 0.0
-    else:
-        weights = [math.exp(x - top) for x in logprobs]
-        total = sum(weights)
-        dist = [w / total for w in weights]
-        mass = math.exp(top) * total
-    return {
-        "rating": float(sum((SCALE_MIN + k) * p for k, p in enumerate(dist))),
-        "probs": dist,
-        "option_mass": mass,
-        "option_logprobs": logprobs,
-        "argmax": SCALE_MIN + max(range(len(dist)), key=dist.__getitem__),
-        "mode": mode,
-    }
-
-
-def missing_outputs(reason: str, mode: str, **extra) -> Dict:
-    return {"rating": None, "probs": None, "option_mass": None, "option_logprobs": None, "argmax": None,
-            "mode": mode, "missing_reason": reason, **extra}
-
-
-_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
-
-
-def parse_rating(text: str) -> Tuple[Optional[int], Optional[str]]:
-    """The rating in a generated answer: its first number, if that is an integer from 1 to 5.
-    Returns ``(rating, None)`` or ``(None, reason)``; nothing is guessed.
-
-    >>> parse_rating("4")
-    (4, None)
-    >>> parse_rating(" I'd say 2 out of 5.")
-    (2, None)
-    >>> parse_rating("3.5")
-    (None, "the answer's first number '3.5' is not an integer from 1 to 5")
-    >>> parse_rating("acceptable")
-    (None, 'no number in the answer')
-    """
-    match = _NUMBER.search(text or "")
-    if match is None:
-        return None, "no number in the answer"
-    token = match.group(0)
-    if re.fullmatch(r"\d+", token) and SCALE_MIN <= int(token) <= SCALE_MAX:
-        return int(token), None
-    return None, f"the answer's first number {token!r} is not an integer from {SCALE_MIN} to {SCALE_MAX}"
-
-
-def _answer_complete(text: str) -> bool:
-    """Whether a partial answer already decides its rating: its first number is followed by a
-    character that cannot extend it.
-
-    >>> [_answer_complete(t) for t in ("4", "4\\n", "3.", "3.5 ", "none yet")]
-    [False, True, False, True, False]
-    """
-    match = _NUMBER.search(text or "")
-    if match is None:
-        return False
-    rest = text[match.end():]
-    return bool(rest) and not (rest[0] in ".," and len(rest) == 1)
-
-
-@dataclass
 class _Request:
     index: int  # position in the judged items
     ids: List[int]  # tokens read by the main forward pass
     conts: Optional[List[List[int]]] = None  # multitoken: each option's continuation tokens
     use_prefix: bool = False
     truncated: int = 0
-
-
-@dataclass
-class JudgeStats:
-    n_items: int = 0
-    n_cached: int = 0
-    n_computed: int = 0
-    n_missing: int = 0
-    n_prefix: int = 0
-    prefix_tokens: int = 0
-    tokens_read: int = 0
-    seconds: float = 0.0
-    batches: int = 0
-
-    def to_dict(self) -> Dict:
-        return dict(self.__dict__)
 
 
 class Evaluator:
@@ -267,7 +140,10 @@ class Evaluator:
     ``truncation``: ``"refuse"`` or ``"left"`` for longer ones. ``cache_dir``: an on-disk
     judgment cache (:mod:`vat_hf.evaluation.cache`) under ``<cache_dir>/judgments``; finished
     items are read from it and new ones appended batch by batch. ``adapter_id`` / ``model_id``
-    override the cache's automatic fingerprints of the adapter and the model.
+    override the cache's automatic fingerprints of the adapter and the model. ``cache``: a
+    ready :class:`~vat_hf.evaluation.cache.JudgmentCache` instead (an evaluation run builds it
+    from the files on disk before any model is loaded; its prompt and scoring fingerprints must
+    be this evaluator's).
     """
 
     def __init__(
@@ -288,6 +164,7 @@ class Evaluator:
         cache_rank: int = 0,
         model_id: Optional[str] = None,
         adapter_id: Optional[str] = None,
+        cache=None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -295,23 +172,11 @@ class Evaluator:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.progress = progress
-        if mode not in ("auto",) + MODES:
-            raise ValueError(f"mode {mode!r} is not 'auto' or one of {MODES}")
         if truncation not in TRUNCATION_RULES:
             raise ValueError(f"truncation {truncation!r} is not one of {TRUNCATION_RULES}")
         if prefix_reuse not in ("auto", True, False):
             raise ValueError(f"prefix_reuse {prefix_reuse!r} is not 'auto', True or False")
-        self.option_ids: Optional[List[int]] = None
-        try:
-            self.option_ids = option_token_ids(tokenizer)
-        except OptionTokenError:
-            if mode == MODE_LOGPROB:
-                raise
-        if mode == "auto":
-            mode = MODE_LOGPROB if self.option_ids is not None else MODE_MULTITOKEN
-            if mode == MODE_MULTITOKEN:
-                logger.info("rating options are not single distinct tokens for this tokenizer; scoring %s", mode)
-        self.mode = mode
+        self.mode, self.option_ids = resolve_mode(tokenizer, mode)
         self.prefix_reuse = prefix_reuse
         self.min_prefix_tokens = min_prefix_tokens
         self.truncation = truncation
@@ -324,7 +189,11 @@ class Evaluator:
         self.cache_rank = cache_rank
         self._model_id = model_id
         self._adapter_id = adapter_id
-        self._cache = None
+        self._cache = cache
+        if cache is not None and cache.fingerprints["prompt"] != self.prompt.fingerprint():
+            raise ValueError("the judgment cache given was built for another prompt")
+        if cache is not None and cache.fingerprints["scoring"] != self.scoring_fingerprint():
+            raise ValueError(f"the judgment cache given was built for another scoring setup than {self.scoring_config()}")
         self._cache_kw = cache_kwarg(model)
         self._keep_kw = logits_to_keep_kwarg(model)
         self._prefix: Optional[PrefixCache] = None
@@ -337,37 +206,28 @@ class Evaluator:
         return next(self.model.parameters()).device
 
     def _default_max_length(self) -> Optional[int]:
-        config = getattr(unwrap_model(self.model), "config", None)
-        candidates = [getattr(config, "max_position_embeddings", None)]
-        model_max = getattr(self.tokenizer, "model_max_length", None)
-        if isinstance(model_max, int) and model_max < 10_000_000:
-            candidates.append(model_max)
-        candidates = [c for c in candidates if isinstance(c, int) and c > 0]
-        return min(candidates) if candidates else None
+        return default_max_length(getattr(unwrap_model(self.model), "config", None), self.tokenizer)
 
     def scoring_config(self) -> Dict:
         """Everything besides model, adapter and prompt that decides a judgment's outputs."""
-        from vat_hf.evaluation.cache import tokenizer_fingerprint
+        return scoring_config(self.tokenizer, self.mode, self.max_length, self.truncation, self.max_new_tokens)
 
-        config = {"mode": self.mode, "options": list(OPTIONS), "tokenizer": tokenizer_fingerprint(self.tokenizer),
-                  "max_length": self.max_length, "truncation": self.truncation}
-        if self.mode == MODE_GENERATE:
-            config["max_new_tokens"] = self.max_new_tokens
-        return config
+    def scoring_fingerprint(self) -> str:
+        from vat_hf.evaluation.cache import sha256_json
+
+        return sha256_json(self.scoring_config())[:32]
 
     @property
     def cache(self):
         """The :class:`~vat_hf.evaluation.cache.JudgmentCache` (None without ``cache_dir``)."""
-        if self.cache_dir is None:
-            return None
-        if self._cache is None:
-            from vat_hf.evaluation.cache import JudgmentCache, adapter_fingerprint, model_fingerprint, sha256_json
+        if self._cache is None and self.cache_dir is not None:
+            from vat_hf.evaluation.cache import JudgmentCache, adapter_fingerprint, model_fingerprint
 
             model_fp = self._model_id if self._model_id is not None else model_fingerprint(self.model)
             adapter_fp = self._adapter_id if self._adapter_id is not None else adapter_fingerprint(self.model)
             scoring = self.scoring_config()
             self._cache = JudgmentCache(
-                self.cache_dir, model_fp, adapter_fp, self.prompt.fingerprint(), sha256_json(scoring)[:32],
+                self.cache_dir, model_fp, adapter_fp, self.prompt.fingerprint(), self.scoring_fingerprint(),
                 rank=self.cache_rank,
                 meta={"model": str(getattr(getattr(unwrap_model(self.model), "config", None), "_name_or_path", "")),
                       "prompt": self.prompt.to_dict(), "scoring": scoring},
@@ -424,11 +284,8 @@ class Evaluator:
             truncated = 0
             if limit is not None and len(ids) > limit:
                 if self.truncation == "refuse":
-                    missing[index] = missing_outputs(
-                        f"item {items[index].get('id')!r}: the prompt is {len(ids)} tokens, more than max_length "
-                        f"{self.max_length}" + (f" less {self.max_length - limit} for the answer" if limit != self.max_length else "")
-                        + " (truncation='refuse'; use truncation='left' to keep the prompt's last tokens)",
-                        self.mode, n_tokens=len(ids))
+                    missing[index] = too_long_outputs(items[index], len(ids), self.max_length, self.mode,
+                                                      reserved=self.max_length - limit)
                     continue
                 truncated = len(ids) - limit
                 ids = ids[-limit:]
@@ -479,11 +336,6 @@ class Evaluator:
             return False
         return True
 
-    def _logprob_outputs(self, requests: Sequence[_Request], use_prefix: bool) -> List[Dict]:
-        logits, _ = self._forward(requests, use_prefix)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)[:, self.option_ids].cpu().double()
-        return [_distribution_outputs(row.tolist(), MODE_LOGPROB) for row in logprobs]
-
     def _multitoken_outputs(self, requests: Sequence[_Request], use_prefix: bool) -> List[Dict]:
         k = len(OPTIONS)
         rows = len(requests)
@@ -517,7 +369,7 @@ class Evaluator:
             picked = rest.gather(-1, targets.to(device)[..., None])[..., 0]
             picked = torch.where(cont_mask.to(device).bool(), picked, torch.zeros_like(picked))
             scores += picked.sum(-1).cpu().double().view(rows, k)
-        return [_distribution_outputs(row.tolist(), MODE_MULTITOKEN) for row in scores]
+        return [distribution_outputs(row.tolist(), MODE_MULTITOKEN) for row in scores]
 
     def _stop_ids(self) -> set:
         ids = set()
@@ -545,7 +397,7 @@ class Evaluator:
                     done[row] = True
                     continue
                 generated[row].append(token)
-                if _answer_complete(self.tokenizer.decode(generated[row], skip_special_tokens=True)):
+                if answer_complete(self.tokenizer.decode(generated[row], skip_special_tokens=True)):
                     done[row] = True
             if all(done) or step == self.max_new_tokens - 1:
                 break
@@ -558,34 +410,22 @@ class Evaluator:
             out = self.model(**kwargs)
             logits = out.logits[:, -1, :]
             cache = output_cache(out) or cache
-        outputs = []
-        for tokens in generated:
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            rating, reason = parse_rating(text)
-            if rating is None:
-                outputs.append(missing_outputs(f"unparseable answer {text!r}: {reason}", MODE_GENERATE, generated=text))
-            else:
-                outputs.append({"rating": float(rating), "probs": None, "option_mass": None, "option_logprobs": None,
-                                "argmax": rating, "mode": MODE_GENERATE, "generated": text})
-        return outputs
+        return [generated_outputs(self.tokenizer.decode(tokens, skip_special_tokens=True)) for tokens in generated]
 
     @torch.inference_mode()
     def score_batch(self, requests: Sequence[_Request], use_prefix: bool) -> List[Dict]:
-        if self.mode == MODE_LOGPROB:
-            outputs = self._logprob_outputs(requests, use_prefix)
-        elif self.mode == MODE_MULTITOKEN:
-            outputs = self._multitoken_outputs(requests, use_prefix)
-        else:
-            outputs = self._generate_outputs(requests, use_prefix)
-        return outputs
+        """Outputs of one batch in the modes scored batch by batch (single-token ``logprob``
+        batches are pipelined by :meth:`_launch_logprob` / :meth:`_finish_logprob` instead)."""
+        if self.mode == MODE_MULTITOKEN:
+            return self._multitoken_outputs(requests, use_prefix)
+        if self.mode == MODE_GENERATE:
+            return self._generate_outputs(requests, use_prefix)
+        raise ValueError(f"score_batch scores {MODE_MULTITOKEN!r} or {MODE_GENERATE!r}, not {self.mode!r}")
 
     # -- judging ------------------------------------------------------------------------------
-    def _bad_item(self, item: Mapping) -> Optional[str]:
-        for key in ("scenario", "action"):
-            value = item.get(key)
-            if not isinstance(value, str) or not value.strip():
-                return f"item {item.get('id')!r}: empty {key}; nothing to judge"
-        return None
+    @staticmethod
+    def _bad_item(item: Mapping) -> Optional[str]:
+        return bad_item_reason(item)
 
     def iter_outputs(self, items: Sequence[Mapping], indices: Optional[Sequence[int]] = None
                      ) -> Iterator[Tuple[List[Tuple[int, Dict]], bool]]:
@@ -646,7 +486,7 @@ class Evaluator:
     def _finish_logprob(self, chunk: Sequence[_Request], host: torch.Tensor, event) -> List[Tuple[int, Dict]]:
         if event is not None:
             event.synchronize()
-        outputs = [_distribution_outputs(row, MODE_LOGPROB) for row in host.double().tolist()]
+        outputs = [distribution_outputs(row, MODE_LOGPROB) for row in host.double().tolist()]
         return self._pairs(chunk, outputs)
 
     @staticmethod
@@ -657,22 +497,13 @@ class Evaluator:
                 out["truncated_tokens"] = r.truncated
         return [(r.index, out) for r, out in zip(chunk, outputs)]
 
-    def iter_judgments(self, items: Sequence[Mapping]) -> Iterator[Dict]:
-        """Yield one record per item, batch by batch (not in input order; no cache)."""
-        prompt_hash = self.prompt.fingerprint()
-        for pairs, _ in self.iter_outputs(items):
-            for index, out in pairs:
-                yield make_record(items[index], out, prompt_hash)
-
     def judge(self, items: Sequence[Mapping]) -> List[Dict]:
         """Records in the order of ``items``; with ``cache_dir``, finished items come from the
         cache and each newly judged batch is appended to it before the next one starts."""
         from vat_hf.evaluation.cache import item_hash
 
         started = time.perf_counter()
-        for position, item in enumerate(items):
-            if not isinstance(item, Mapping) or item.get("id") in (None, ""):
-                raise ValueError(f"item {position} has no 'id'; every judged item needs one (see vat_hf.data.schema)")
+        check_item_ids(items)
         prompt_hash = self.prompt.fingerprint()
         outputs: List[Optional[Dict]] = [None] * len(items)
         cache = self.cache
@@ -703,28 +534,3 @@ class Evaluator:
         self.stats.n_missing += sum(1 for r in records if r["rating"] is None)
         self.stats.seconds += time.perf_counter() - started
         return records
-
-
-def make_record(item: Mapping, outputs: Union[Mapping, torch.Tensor], prompt_hash: str, n_tokens: Optional[int] = None,
-                mode: str = MODE_LOGPROB) -> Dict:
-    """One judgment record: the item's metadata and the model's outputs.
-
-    ``outputs`` is a mapping of :data:`OUTPUT_KEYS` (or, as before, a tensor of the five option
-    probabilities, with ``n_tokens`` and ``mode``)."""
-    if isinstance(outputs, torch.Tensor):
-        logprobs = [math.log(p) if p > 0 else -math.inf for p in outputs.double().tolist()]
-        outputs = {**_distribution_outputs(logprobs, mode), "n_tokens": n_tokens}
-    record = {key: item.get(key) for key in ITEM_KEYS}
-    record.update({
-        "rating": outputs.get("rating"),
-        "probs": outputs.get("probs"),
-        "option_mass": outputs.get("option_mass"),
-        "argmax": outputs.get("argmax"),
-        "prompt_hash": prompt_hash,
-        "n_tokens": outputs.get("n_tokens"),
-        "mode": outputs.get("mode", mode),
-    })
-    for key in ("option_logprobs", "missing_reason", "truncated_tokens", "generated"):
-        if outputs.get(key) is not None:
-            record[key] = outputs[key]
-    return record

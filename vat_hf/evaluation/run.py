@@ -1,75 +1,45 @@
-"""One evaluation run: load items, model and prompt, judge (on one or many processes), write the
-judgments, per-sample logs and a results JSON. Used by ``vat-hf eval`` and by
-``python -m vat_hf.evaluate`` / ``accelerate launch -m vat_hf.evaluate``.
+"""One evaluation stage: judge the given items with a model under one prompt, on one or many
+processes, and write the judgments, the per-sample records and the results file
+(:mod:`vat_hf.evaluation.results`).
+
+:func:`run_evaluation` is the one evaluation function: ``vat-hf eval`` and
+``python -m vat_hf.evaluate`` call it once, ``vat-hf run`` once per stage (the baseline and
+each intervention). The judgment cache is its one reuse layer, and a fully cached stage is
+cheap: the cache's key is computed from the files the model would be loaded from
+(:func:`~vat_hf.evaluation.cache.model_files_fingerprint`) and the tokenizer, so when every
+item is in the cache no weights are loaded at all; the model is loaded only when something must
+be judged.
 
 Data parallelism: every process loads the model on its own device and judges every
 ``world_size``-th item of the items ordered by text length (so each gets a similar share of
 long and short prompts); the records are gathered with ``accelerate.utils.gather_object`` and
 put back in the items' original order; only the main process writes. With a judgment cache each
 process appends to its own part file, so a killed multi-process run resumes like a single one.
-
-Files written (``<name>`` defaults to the output file's stem)::
-
-    <output>                        judgments, one record per item, in item order
-    <log_dir>/results_<name>.json   config, model/adapter/prompt fingerprints, versions, seed,
-                                    summary, missing items with reasons, timing
-    <log_dir>/samples_<name>.jsonl  with log_samples: one line per item in the style of
-                                    lm-evaluation-harness --log_samples (doc_id, the item, the
-                                    hash of the exact prompt text, option log-probabilities and
-                                    distribution, rating, mode)
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
+import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from vat_hf.errors import VatHfError
+from vat_hf.evaluation.config import EvalConfig
+from vat_hf.evaluation.task import JudgeStats, check_item_ids, make_record
 
 logger = logging.getLogger(__name__)
 
+ModelLoader = Callable[["HFModelSource"], ContextManager[Any]]
+"""Gives the model to judge with, ready (adapter active, eval mode), as a context manager, from
+the stage's :class:`HFModelSource` (its path, dtype, device and attention): the default loads it;
+``vat-hf run`` switches adapters on one loaded base model."""
 
-class AdapterNotFoundError(FileNotFoundError):
+
+class AdapterNotFoundError(VatHfError, FileNotFoundError):
     """The adapter given is neither a local folder nor a Hub id."""
-
-
-@dataclass
-class EvalRunConfig:
-    output: str
-    model: Optional[str] = None
-    adapter: Optional[str] = None
-    data: str = "builtin"
-    split: Optional[str] = "test"
-    max_scenes: Optional[int] = None
-    limit: Optional[int] = None
-    target_value: Optional[str] = None
-    k_shots: int = 0
-    system_prompt: bool = True
-    dtype: str = "auto"
-    device: Optional[str] = None
-    attn_implementation: Optional[str] = None
-    backend: str = "hf"
-    mode: str = "auto"
-    prefix_reuse: str = "auto"
-    max_batch_tokens: int = 8192
-    max_batch_size: int = 64
-    max_length: Optional[int] = None
-    truncation: str = "refuse"
-    max_new_tokens: int = 8
-    cache_dir: Optional[str] = None
-    use_cache: bool = True
-    log_samples: bool = False
-    log_dir: Optional[str] = None
-    name: Optional[str] = None
-    seed: int = 0
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def check_adapter(adapter: Optional[str]) -> None:
@@ -79,14 +49,15 @@ def check_adapter(adapter: Optional[str]) -> None:
     path = Path(os.path.expanduser(str(adapter)))
     if path.exists():
         if not (path / "adapter_config.json").exists():
-            raise AdapterNotFoundError(f"adapter folder {path} has no adapter_config.json; is it a PEFT adapter?")
+            raise AdapterNotFoundError(f"adapter folder {path} has no adapter_config.json", fix="is it a PEFT adapter?")
         return
     looks_hub = str(adapter).count("/") == 1 and not str(adapter).startswith((".", "/", "~"))
     if not looks_hub:
-        raise AdapterNotFoundError(f"adapter path {path} does not exist (give a PEFT adapter folder or a Hub id 'org/name')")
+        raise AdapterNotFoundError(f"adapter path {path} does not exist",
+                                   fix="give a PEFT adapter folder or a Hub id 'org/name'")
 
 
-def resolve_attn_implementation(requested: Optional[str], device) -> Optional[str]:
+def resolve_attn_implementation(requested: Optional[str]) -> str:
     """``sdpa`` unless asked otherwise: PyTorch's fused attention handles the padding and prefix
     masks on every device; ``flash_attention_2`` is used only when asked for and installed."""
     if requested and requested != "auto":
@@ -98,26 +69,6 @@ def resolve_attn_implementation(requested: Optional[str], device) -> Optional[st
                 return "sdpa"
         return requested
     return "sdpa"
-
-
-def build_prompt(config: EvalRunConfig):
-    from vat_hf.prompts import JudgePrompt
-
-    if not config.target_value:
-        return JudgePrompt()
-    from vat_hf.data.sources import load_items
-    from vat_hf.interventions import value_prompt
-
-    train = load_items(config.data, split="train", seed=config.seed) if config.k_shots else []
-    return value_prompt(config.target_value, train, k_shots=config.k_shots, system_prompt=config.system_prompt,
-                        seed=config.seed)
-
-
-def load_run_items(config: EvalRunConfig) -> List[Dict]:
-    from vat_hf.data.sources import load_items
-
-    items = load_items(config.data, split=config.split or None, max_scenes=config.max_scenes, seed=config.seed)
-    return items[: config.limit] if config.limit else items
 
 
 def shard_indices(items: Sequence[Mapping], rank: int, world_size: int) -> List[int]:
@@ -133,41 +84,7 @@ def shard_indices(items: Sequence[Mapping], rank: int, world_size: int) -> List[
     return order[rank::world_size]
 
 
-def prompt_text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def sample_logs(items: Sequence[Mapping], records: Sequence[Mapping], tokenizer, prompt) -> List[Dict]:
-    """Per-sample lines in the style of lm-evaluation-harness ``--log_samples``."""
-    from vat_hf.prompts import judge_text
-
-    lines = []
-    fingerprint = prompt.fingerprint()
-    for k, (item, record) in enumerate(zip(items, records)):
-        try:
-            text_hash = prompt_text_hash(judge_text(tokenizer, prompt, item))
-        except Exception:  # an item that cannot even be rendered (its record says why)
-            text_hash = None
-        lines.append({
-            "doc_id": k,
-            "id": item.get("id"),
-            "item": dict(item),
-            "prompt_fingerprint": fingerprint,
-            "prompt_hash": text_hash,
-            "n_tokens": record.get("n_tokens"),
-            "mode": record.get("mode"),
-            "option_logprobs": record.get("option_logprobs"),
-            "probs": record.get("probs"),
-            "option_mass": record.get("option_mass"),
-            "rating": record.get("rating"),
-            "argmax": record.get("argmax"),
-            "missing_reason": record.get("missing_reason"),
-            "generated": record.get("generated"),
-        })
-    return lines
-
-
-def _distributed_state():
+def distributed_state():
     """(accelerator, rank, world size); no Accelerator when not launched as several processes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -182,73 +99,192 @@ def _distributed_state():
     return accelerator, accelerator.process_index, accelerator.num_processes
 
 
-def run_evaluation(config: EvalRunConfig, progress: bool = True, accelerator=None) -> Dict[str, Any]:
-    """Run one evaluation; returns the results dict (also written as ``results_<name>.json``)."""
-    from vat_hf.evaluation.judge import Evaluator, summarize
-    from vat_hf.io import write_json, write_jsonl
-    from vat_hf.pipeline import package_versions
+class HFModelSource:
+    """The transformers model of one evaluation: what its files and tokenizer say (cheap: no
+    weights read), and the loaded model only when :meth:`load` is entered."""
 
-    started = time.perf_counter()
+    def __init__(self, model: Optional[str], adapter: Optional[str], config: EvalConfig, device: Optional[str],
+                 loader: Optional[ModelLoader] = None):
+        import torch
+
+        from vat_hf.models.loading import DEFAULT_MODEL, default_device, default_dtype, parse_dtype, resolve_model_path
+
+        self.name_or_path = str(model or DEFAULT_MODEL)
+        self.resolved_path = resolve_model_path(model)
+        self.adapter = str(adapter) if adapter else None
+        self.device = torch.device(device) if device else default_device()
+        self.dtype = parse_dtype(config.dtype) or default_dtype(self.device)
+        self.attn_implementation = resolve_attn_implementation(config.attn_implementation)
+        self._loader = loader
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from vat_hf.models.loading import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.resolved_path)
+        return self._tokenizer
+
+    def model_config(self):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.resolved_path)
+
+    def file_fingerprints(self) -> Optional[Tuple[str, str]]:
+        """(model, adapter) fingerprints from the files, or None when they are not on this machine."""
+        from vat_hf.evaluation.cache import adapter_files_fingerprint, model_files_fingerprint
+
+        model_fp = model_files_fingerprint(self.resolved_path, str(self.dtype))
+        adapter_fp = adapter_files_fingerprint(self.adapter)
+        return None if model_fp is None or adapter_fp is None else (model_fp, adapter_fp)
+
+    def load(self) -> ContextManager[Any]:
+        if self._loader is not None:
+            return self._loader(self)
+        from vat_hf.models import load_model
+
+        loaded = load_model(self.resolved_path, adapter=self.adapter, dtype=self.dtype, device=str(self.device),
+                            attn_implementation=self.attn_implementation)
+        return contextlib.nullcontext(loaded.model)
+
+    def info(self) -> Dict[str, Any]:
+        return {"name_or_path": self.name_or_path, "resolved_path": self.resolved_path, "adapter": self.adapter,
+                "backend": "hf", "dtype": str(self.dtype), "device": str(self.device),
+                "attn_implementation": self.attn_implementation}
+
+
+def _cached_outputs(cache, items: Sequence[Mapping], mode: str) -> Optional[List[Dict]]:
+    """Every item's outputs without a model (from the cache, or the refusal of an item with an
+    empty scenario or action), or None when some item must be judged."""
+    from vat_hf.evaluation.cache import item_hash
+    from vat_hf.evaluation.task import bad_item_reason, missing_outputs
+
+    hashes = [item_hash(item) for item in items]
+    found = cache.lookup(hashes)
+    outputs = []
+    for item, h in zip(items, hashes):
+        reason = bad_item_reason(item)
+        if reason:
+            outputs.append(missing_outputs(reason, mode))
+        elif h in found:
+            outputs.append(found[h])
+        else:
+            return None
+    return outputs
+
+
+def _judge_hf(source: HFModelSource, config: EvalConfig, items: Sequence[Mapping], prompt, cache_root: Optional[Path],
+              rank: int, progress: bool) -> Tuple[List[Dict], JudgeStats, Dict[str, str], str, Optional[str]]:
+    """Records of ``items`` (this process's share), the judging statistics, the fingerprints,
+    the scoring mode and the prompt template; the model is loaded only if an item is not cached."""
+    from vat_hf.evaluation.cache import JudgmentCache, sha256_json
+    from vat_hf.evaluation.task import default_max_length, resolve_mode, scoring_config
+
+    tokenizer = source.tokenizer
+    mode, _ = resolve_mode(tokenizer, config.mode)
+    max_length = config.max_length if config.max_length is not None else default_max_length(source.model_config(), tokenizer)
+    scoring = scoring_config(tokenizer, mode, max_length, config.truncation, config.max_new_tokens)
+    template = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+    prompt_fp = prompt.fingerprint()
+    with contextlib.ExitStack() as stack:
+        model = None
+        files = source.file_fingerprints()
+        if files is None:  # not on this machine yet: load (download) first, fingerprint the weights in memory
+            from vat_hf.evaluation.cache import adapter_fingerprint, model_fingerprint
+
+            model = stack.enter_context(source.load())
+            files = (model_fingerprint(model), adapter_fingerprint(model))
+        fingerprints = {"model": files[0], "adapter": files[1], "prompt": prompt_fp, "scoring": sha256_json(scoring)[:32]}
+        cache = None
+        if cache_root is not None:
+            cache = JudgmentCache(cache_root, *fingerprints.values(), rank=rank,
+                                  meta={"model": source.name_or_path, "adapter": source.adapter,
+                                        "prompt": prompt.to_dict(), "scoring": scoring})
+            outputs = _cached_outputs(cache, items, mode) if model is None else None
+            if outputs is not None:  # every judgment is cached: no weights are read
+                records = [make_record(item, out, prompt_fp) for item, out in zip(items, outputs)]
+                stats = JudgeStats(n_items=len(items), n_cached=len(items),
+                                   n_missing=sum(1 for r in records if r["rating"] is None))
+                return records, stats, fingerprints, mode, template
+        if model is None:
+            model = stack.enter_context(source.load())
+        from vat_hf.evaluation.judge import Evaluator
+
+        evaluator = Evaluator(model, tokenizer, prompt=prompt, max_batch_tokens=config.max_batch_tokens,
+                              max_batch_size=config.max_batch_size, progress=progress, mode=config.mode,
+                              prefix_reuse=config.prefix_reuse_flag, max_length=config.max_length,
+                              truncation=config.truncation, max_new_tokens=config.max_new_tokens, cache=cache,
+                              cache_rank=rank)
+        records = evaluator.judge(items)
+        return records, evaluator.stats, fingerprints, evaluator.mode, evaluator.template
+
+
+def run_evaluation(config: EvalConfig, *, items: Sequence[Mapping], prompt, output, model: Optional[str] = None,
+                   adapter: Optional[str] = None, name: Optional[str] = None, seed: int = 0,
+                   data_config: Optional[Mapping[str, Any]] = None, run_config: Optional[Mapping[str, Any]] = None,
+                   default_cache_dir=None, loader: Optional[ModelLoader] = None, accelerator=None) -> Dict[str, Any]:
+    """Judge ``items`` (the first ``config.limit`` of them) with ``model`` (+ ``adapter``) under
+    ``prompt``; write the judgments to ``output`` and ``results_<name>.json`` (and, with
+    ``log_samples``, ``samples_<name>.jsonl``) into ``config.log_dir`` or ``output``'s folder.
+    Returns the results dict (empty on processes other than the main one).
+
+    ``data_config`` (where the items came from) and ``run_config`` (the caller's whole
+    configuration) go into the results file's provenance; ``default_cache_dir`` is the cache root
+    when ``config.cache_dir`` is unset (default ``$VAT_HF_CACHE``); ``loader`` gives the model
+    instead of loading it (see :data:`ModelLoader`).
+    """
+    from vat_hf.evaluation.results import data_block, evaluation_result, sample_records
+    from vat_hf.evaluation.task import summarize
+    from vat_hf.io import write_json, write_jsonl
+    from vat_hf.provenance import provenance
+
+    started = time.time()
     if accelerator is None:
-        accelerator, rank, world = _distributed_state()
+        accelerator, rank, world = distributed_state()
     else:
         rank, world = accelerator.process_index, accelerator.num_processes
-    check_adapter(config.adapter)
-    items = load_run_items(config)
-    prompt = build_prompt(config)
-    output = Path(config.output)
-    name = config.name or output.stem
+    check_adapter(adapter)
+    items = list(items)[: config.limit] if config.limit else list(items)
+    check_item_ids(items)
+    output = Path(output)
+    name = name or output.stem
     log_dir = Path(config.log_dir) if config.log_dir else output.parent
     cache_root = None
-    if config.use_cache:
+    if config.cache:
         from vat_hf.evaluation.cache import default_cache_root
 
-        cache_root = Path(config.cache_dir) if config.cache_dir else default_cache_root()
-
+        cache_root = Path(config.cache_dir or default_cache_dir or default_cache_root())
     device = config.device
     if device is None and accelerator is not None:
         device = str(accelerator.device)
+    progress = config.progress and rank == 0
+    shard = shard_indices(items, rank, world) if world > 1 else list(range(len(items)))
+    local_items = [items[i] for i in shard]
+
     if config.backend == "vllm":
         from vat_hf.evaluation.vllm_backend import VLLMEvaluator
 
-        evaluator = VLLMEvaluator(config.model, prompt=prompt, adapter=config.adapter, dtype=config.dtype,
-                                  max_length=config.max_length, truncation=config.truncation, progress=progress)
-        model_info = {"name_or_path": config.model, "backend": "vllm"}
-        tokenizer = evaluator.tokenizer
+        evaluator = VLLMEvaluator(model, prompt=prompt, adapter=adapter, dtype=config.dtype, mode=config.mode,
+                                  max_length=config.max_length, truncation=config.truncation,
+                                  max_new_tokens=config.max_new_tokens, progress=progress)
+        local = evaluator.judge(local_items)
+        tokenizer, stats, mode, template = evaluator.tokenizer, evaluator.stats, evaluator.mode, evaluator.template
+        model_info = {"name_or_path": model, "adapter": adapter, "backend": "vllm", "dtype": config.dtype}
+        fingerprints = {"model": None, "adapter": None, "prompt": prompt.fingerprint(), "scoring": None}
     else:
-        import torch
+        source = HFModelSource(model, adapter, config, device, loader)
+        local, stats, fingerprints, mode, template = _judge_hf(source, config, local_items, prompt, cache_root, rank, progress)
+        tokenizer, model_info = source.tokenizer, source.info()
 
-        from vat_hf.models import load_model
-        from vat_hf.models.loading import default_device
-
-        attn = resolve_attn_implementation(config.attn_implementation, torch.device(device) if device else default_device())
-        loaded = load_model(config.model, adapter=config.adapter, dtype=config.dtype, device=device, attn_implementation=attn)
-        tokenizer = loaded.tokenizer
-        evaluator = Evaluator(
-            loaded.model, loaded.tokenizer, prompt=prompt, max_batch_tokens=config.max_batch_tokens,
-            max_batch_size=config.max_batch_size, progress=progress and rank == 0, mode=config.mode,
-            prefix_reuse={"true": True, "false": False}.get(str(config.prefix_reuse).lower(), config.prefix_reuse),
-            max_length=config.max_length, truncation=config.truncation, max_new_tokens=config.max_new_tokens,
-            cache_dir=cache_root, cache_rank=rank,
-        )
-        param = next(loaded.model.parameters())
-        model_info = {"name_or_path": loaded.name_or_path, "resolved_path": loaded.resolved_path,
-                      "adapter": loaded.adapter, "dtype": str(param.dtype), "device": str(param.device),
-                      "attn_implementation": getattr(getattr(loaded.model, "config", None), "_attn_implementation", attn)}
-        if evaluator.cache is not None:
-            model_info["fingerprints"] = evaluator.cache.fingerprints
-
-    shard = shard_indices(items, rank, world) if world > 1 else list(range(len(items)))
-    local = evaluator.judge([items[i] for i in shard])
-    stats = {**evaluator.stats.to_dict(), "rank": rank}
+    stats_row = {**stats.to_dict(), "rank": rank}
     pairs = list(zip(shard, local))
+    all_stats = [stats_row]
     if world > 1:
         from accelerate.utils import gather_object
 
         pairs = gather_object(pairs)
-        all_stats = gather_object([stats])
-    else:
-        all_stats = [stats]
+        all_stats = gather_object([stats_row])
     results: Dict[str, Any] = {}
     if rank == 0:
         records: List[Optional[Dict]] = [None] * len(items)
@@ -257,38 +293,28 @@ def run_evaluation(config: EvalRunConfig, progress: bool = True, accelerator=Non
         if any(r is None for r in records):
             raise RuntimeError("gathering the processes' judgments lost items; this is a bug")
         write_jsonl(output, records)
-        seconds = time.perf_counter() - started
-        summary = summarize(records).to_dict()
-        results = {
-            "name": name,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": config.to_dict(),
-            "model": model_info,
-            "prompt": {**prompt.to_dict(), "fingerprint": prompt.fingerprint()},
-            "mode": evaluator.mode,
-            "template": getattr(evaluator, "template", None),
-            "versions": package_versions(),
-            "seed": config.seed,
-            "world_size": world,
-            "summary": summary,
-            "missing": [{"id": r["id"], "reason": r.get("missing_reason")} for r in records if r["rating"] is None],
-            "stats": {
-                "n_items": len(items),
-                "n_cached": sum(s["n_cached"] for s in all_stats),
-                "n_computed": sum(s["n_computed"] for s in all_stats),
-                "prefix_tokens": max(s["prefix_tokens"] for s in all_stats),
-                "n_prefix_reuse": sum(s["n_prefix"] for s in all_stats),
-                "per_process": all_stats,
-            },
-            "timing": {"seconds": seconds, "items_per_s": len(items) / seconds if seconds > 0 else None},
-            "files": {"judgments": str(output)},
-        }
+        files = {"judgments": str(output)}
         if config.log_samples:
             samples_path = log_dir / f"samples_{name}.jsonl"
-            write_jsonl(samples_path, sample_logs(items, records, tokenizer, prompt))
-            results["files"]["samples"] = str(samples_path)
+            write_jsonl(samples_path, sample_records(items, records, tokenizer, prompt))
+            files["samples"] = str(samples_path)
         results_path = log_dir / f"results_{name}.json"
-        results["files"]["results"] = str(results_path)
+        files["results"] = str(results_path)
+        block = provenance(config={**dict(run_config or {}), "eval": config.to_dict()}, seed=seed,
+                           data=data_block(data_config or {}, items, config.limit), fingerprints=fingerprints,
+                           started=started)
+        seconds = block["timing"]["seconds"]
+        results = evaluation_result(
+            name=name, provenance=block, model=model_info, prompt=prompt, mode=mode, template=template,
+            summary=summarize(records).to_dict(), records=records, world_size=world,
+            stats={"n_items": len(items),
+                   "n_cached": sum(s["n_cached"] for s in all_stats),
+                   "n_computed": sum(s["n_computed"] for s in all_stats),
+                   "prefix_tokens": max(s["prefix_tokens"] for s in all_stats),
+                   "n_prefix_reuse": sum(s["n_prefix"] for s in all_stats),
+                   "items_per_s": len(items) / seconds if seconds > 0 else None,
+                   "per_process": all_stats},
+            files=files)
         write_json(results_path, results)
     if accelerator is not None:
         accelerator.wait_for_everyone()

@@ -34,19 +34,24 @@ evaluator's.
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from vat_hf.evaluation.judge import (
+from vat_hf.evaluation.prefix import common_prefix_length
+from vat_hf.evaluation.task import (
     MODE_GENERATE,
-    MODE_LOGPROB,
-    MODE_MULTITOKEN,
     JudgeStats,
-    _distribution_outputs,
+    bad_item_reason,
+    check_item_ids,
+    distribution_outputs,
+    generated_outputs,
     make_record,
     missing_outputs,
-    parse_rating,
+    resolve_mode,
+    too_long_outputs,
 )
-from vat_hf.evaluation.prefix import common_prefix_length
 from vat_hf.prompts import OPTIONS, JudgePrompt, judge_text
 
 VLLM_INSTALL_HINT = "the vLLM backend needs vllm: pip install 'vat-hf[vllm]' (on a machine with a supported GPU)"
@@ -62,9 +67,6 @@ def require_vllm():
 
 def adapter_rank(adapter: str) -> Optional[int]:
     """The LoRA rank ``r`` in a local adapter folder's ``adapter_config.json`` (None if unknown)."""
-    import json
-    from pathlib import Path
-
     config = Path(adapter) / "adapter_config.json"
     if not config.is_file():
         return None
@@ -101,8 +103,7 @@ class VLLMEvaluator:
         self.tokenizer = self.llm.get_tokenizer()
         self.max_length = max_length or getattr(self.llm.llm_engine.model_config, "max_model_len", None)
         self.template = "chat" if getattr(self.tokenizer, "chat_template", None) else "plain"
-        single = all(len(self.tokenizer.encode(o, add_special_tokens=False)) == 1 for o in OPTIONS)
-        self.mode = (MODE_LOGPROB if single else MODE_MULTITOKEN) if mode == "auto" else mode
+        self.mode, _ = resolve_mode(self.tokenizer, mode)
         self.stats = JudgeStats()
         self.cache = None
 
@@ -114,16 +115,14 @@ class VLLMEvaluator:
         return LoRARequest("adapter", 1, self.adapter)
 
     def judge(self, items: Sequence[Mapping]) -> List[Dict]:
-        import time
-
         started = time.perf_counter()
+        check_item_ids(items)
         outputs: List[Optional[Dict]] = [None] * len(items)
         todo = []
         for i, item in enumerate(items):
-            for key in ("scenario", "action"):
-                if not isinstance(item.get(key), str) or not item[key].strip():
-                    outputs[i] = missing_outputs(f"item {item.get('id')!r}: empty {key}; nothing to judge", self.mode)
-                    break
+            reason = bad_item_reason(item)
+            if reason:
+                outputs[i] = missing_outputs(reason, self.mode)
             else:
                 todo.append(i)
         texts = {i: judge_text(self.tokenizer, self.prompt, items[i]) for i in todo}
@@ -141,8 +140,7 @@ class VLLMEvaluator:
 
     def _fits(self, i, items, n_tokens, outputs, reserve: int = 0) -> bool:
         if self.max_length is not None and n_tokens + reserve > self.max_length and self.truncation == "refuse":
-            outputs[i] = missing_outputs(f"item {items[i].get('id')!r}: the prompt is {n_tokens} tokens, more than "
-                                         f"max_length {self.max_length} (truncation='refuse')", self.mode, n_tokens=n_tokens)
+            outputs[i] = too_long_outputs(items[i], n_tokens, self.max_length, self.mode, reserved=reserve)
             return False
         return True
 
@@ -171,7 +169,7 @@ class VLLMEvaluator:
             scores.setdefault(i, [0.0] * len(OPTIONS))[k] = total
             lengths[i] = n
         for i, logprobs in scores.items():
-            outputs[i] = {**_distribution_outputs(logprobs, self.mode), "n_tokens": lengths[i]}
+            outputs[i] = {**distribution_outputs(logprobs, self.mode), "n_tokens": lengths[i]}
 
     def _generate(self, items, texts, outputs) -> None:
         sampling = self._vllm.SamplingParams(max_tokens=self.max_new_tokens, temperature=0.0)
@@ -180,11 +178,4 @@ class VLLMEvaluator:
         prompts = [{"prompt_token_ids": encoded[i]} for i in order]
         results = self.llm.generate(prompts, sampling, use_tqdm=self.progress, lora_request=self._lora())
         for i, result in zip(order, results):
-            text = result.outputs[0].text
-            rating, reason = parse_rating(text)
-            n = len(result.prompt_token_ids)
-            if rating is None:
-                outputs[i] = missing_outputs(f"unparseable answer {text!r}: {reason}", MODE_GENERATE, generated=text, n_tokens=n)
-            else:
-                outputs[i] = {"rating": float(rating), "probs": None, "option_mass": None, "argmax": rating,
-                              "mode": MODE_GENERATE, "generated": text, "n_tokens": n}
+            outputs[i] = generated_outputs(result.outputs[0].text, n_tokens=len(result.prompt_token_ids))

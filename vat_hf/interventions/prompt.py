@@ -15,8 +15,6 @@ from vat_hf.data.fields import TrainSplitError, train_items_for
 from vat_hf.prompts import SCALE_MAX, SCALE_MIN, JudgePrompt, judge_user_turn, rating_answer, value_system_prompt
 from vat_hf.values import canonical_value
 
-SUPPORTED_SHOTS = (0, 2, 4, 8)
-
 
 def demonstrations(train_items: Sequence[Mapping], target_value: str, k: int, seed: int = 0) -> tuple:
     if k == 0:

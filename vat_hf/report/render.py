@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from matplotlib.figure import Figure
 
+from vat_hf.io import atomic_write, atomic_write_text
 from vat_hf.metrics.compare import compare_interventions, comparison_markdown, metric_of, name_of
 
 __all__ = [
@@ -513,8 +514,8 @@ def plot_trajectory(result: Dict[str, Any]) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    # Into a temporary file beside, then renamed: a figure is never left half-written (or 0 bytes).
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
 
 
 def _html_table(head: Sequence[str], rows: Sequence[Tuple[bool, Sequence[str]]], mark: str = "target") -> str:
@@ -601,8 +602,7 @@ def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Op
                    "Drift onset (first step whose interval excludes 0): "
                    + (", ".join(f"{v} at step {o}" for v, o in sorted(onset.items(), key=lambda kv: kv[1])) or "none"), ""]
     md_text = "\n".join(md)
-    paths["markdown"] = out / "report.md"
-    paths["markdown"].write_text(md_text, encoding="utf-8")
+    paths["markdown"] = atomic_write_text(out / "report.md", md_text)
 
     # HTML
     def img(name: str, alt: str) -> str:
@@ -628,6 +628,5 @@ def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Op
             h.append(img(f"trajectory_{s}.png", f"trajectory {r['name']}"))
         h.append("</div>")
     h.append("</body></html>")
-    paths["html"] = out / "report.html"
-    paths["html"].write_text("\n".join(h), encoding="utf-8")
+    paths["html"] = atomic_write_text(out / "report.html", "\n".join(h))
     return paths

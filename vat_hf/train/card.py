@@ -1,19 +1,20 @@
 """The model card saved with every trained adapter or model.
 
 Training writes ``vat_training.json`` (what was trained: method, base model, target value, data,
-hyperparameters, versions) and renders ``README.md`` from it: a Hub model card with YAML
-metadata. When `vat-hf run` has scored the adapter, :func:`add_vat_result` stores the VAT
-result in the JSON and renders the card again with a results section.
+hyperparameters, versions) and renders ``README.md`` from it: a Hub model card built with
+``huggingface_hub``'s ``ModelCardData`` (no hand-written YAML). When `vat-hf run` has scored the
+adapter, :func:`add_vat_result` stores the VAT result in the JSON and renders the card again:
+the results reach the card's ``model-index`` as ``EvalResult`` entries (gain, tax and vat on the
+item set, named with its fingerprint as the dataset revision) and its Markdown body.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
-import yaml
-
-from vat_hf.io import read_json, write_json
+from vat_hf.io import atomic_write_text, read_json, write_json
 from vat_hf.prompts import ADVICE_TEMPLATE
 
 TRAINING_INFO = "vat_training.json"
@@ -56,23 +57,90 @@ def _vat_section(vat: Mapping) -> str:
     return "\n".join(lines)
 
 
-def render_card(info: Mapping) -> str:
-    """README.md text (YAML front matter + Markdown) from a training-info mapping."""
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _vat_is_defined(vat: Mapping) -> bool:
+    """Whether vat may be shown as a number: the gain is resolved (``gain_status``), or, for a
+    result without a status, the metric gave a number."""
+    status = vat.get("gain_status")
+    return _number(vat.get("vat")) and (status == "resolved" or status is None)
+
+
+def _gain_status_note(vat: Mapping) -> Optional[str]:
+    """The card's sentence, in words, when vat is not reported as a number."""
+    if _vat_is_defined(vat):
+        return None
+    status = vat.get("gain_status")
+    why = f"the gain's status is `{status}`" if status else "the metric gave no value"
+    return (f"vat (the tax relative to the gain) is not reported as a number: {why}, so the ratio is not defined "
+            "(see the VAT metric card).")
+
+
+def _title(info: Mapping) -> str:
+    return info.get("name") or f"{Path(str(info.get('base_model'))).name}-{info['method']}-{info['target_value'].lower()}"
+
+
+def eval_results(info: Mapping) -> List:
+    """The card's ``model-index`` entries for the stored VAT result: ``gain`` always, ``tax``
+    when the metric reports it, ``vat`` only when the gain is resolved."""
+    from huggingface_hub import EvalResult
+
+    vat = info.get("vat") or {}
+    data = info.get("vat_data") or {}
+    target = info["target_value"]
+    source = str(data.get("source") or "builtin")
+    split = data.get("split") or "test"
+    common = dict(
+        task_type="text-generation", task_name=f"Value Alignment Tax toward {target}",
+        dataset_type="vat-hf/builtin" if source == "builtin" else source,
+        dataset_name=f"vat-hf scenario-action items ({source}, {split} scenes)", dataset_split=split,
+        dataset_revision=data.get("fingerprint"),
+    )
+    metrics = [("gain", f"gain (drift of {target})")]
+    if "tax" in vat:
+        metrics.append(("tax", "tax (mean |drift| of the other values)"))
+    if _vat_is_defined(vat):
+        metrics.append(("vat", "vat (tax / |gain|)"))
+    return [EvalResult(metric_type=key, metric_name=name, metric_value=float(vat[key]), **common)
+            for key, name in metrics if _number(vat.get(key))]
+
+
+def card_data(info: Mapping):
+    """The card's metadata as ``huggingface_hub.ModelCardData``."""
+    from huggingface_hub import ModelCardData
+
+    results = eval_results(info) if info.get("vat") else []
+    return ModelCardData(
+        library_name="peft" if info.get("peft") else "transformers",
+        tags=["vat-hf", "trl", info["method"], "value-alignment", f"schwartz-{info['target_value'].lower()}"],
+        license="apache-2.0",
+        base_model=info.get("base_model_hub_id") or None,
+        model_name=_title(info),
+        eval_results=results or None,
+    )
+
+
+# The card is its metadata (rendered by huggingface_hub) followed by the Markdown body.
+CARD_TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}"
+
+
+def render_card(info: Mapping):
+    """The ``huggingface_hub.ModelCard`` of a training-info mapping."""
+    from huggingface_hub import ModelCard
+
+    return ModelCard.from_template(card_data(info), template_str=CARD_TEMPLATE, body=card_body(info))
+
+
+def card_body(info: Mapping) -> str:
+    """The card's Markdown (everything below the metadata)."""
     method = info["method"]
     peft = info.get("peft")
     base = info.get("base_model")
-    meta: Dict[str, Any] = {
-        "library_name": "peft" if peft else "transformers",
-        "tags": ["vat-hf", "trl", method, "value-alignment", f"schwartz-{info['target_value'].lower()}"],
-        "license": "apache-2.0",
-    }
-    if info.get("base_model_hub_id"):
-        meta["base_model"] = info["base_model_hub_id"]
     data = info.get("data", {})
     hp = info.get("hyperparameters", {})
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", ""]
-    title = info.get("name") or f"{Path(str(base)).name}-{method}-{info['target_value'].lower()}"
-    lines += [f"# {title}", ""]
+    lines = [f"# {_title(info)}", ""]
     kind = "A LoRA adapter" if peft else "A fully fine-tuned model"
     lines += [f"{kind} trained with {METHOD_NAMES.get(method, method)} to align `{base}` toward the Schwartz value "
               f"**{info['target_value']}**, made by vat-hf to measure the Value Alignment Tax "
@@ -107,6 +175,9 @@ def render_card(info: Mapping) -> str:
         lines.append("")
     if info.get("vat"):
         lines += [_vat_section(info["vat"]), ""]
+        note = _gain_status_note(info["vat"])
+        if note:
+            lines += [note, ""]
     else:
         lines += ["## Value Alignment Tax", "", "Not measured yet: `vat-hf run` adds it here after evaluating this adapter.", ""]
     versions = info.get("versions") or {}
@@ -118,12 +189,12 @@ def render_card(info: Mapping) -> str:
 
 
 def write_model_card(output_dir, info: Mapping) -> Path:
-    """Store ``info`` as ``vat_training.json`` and render ``README.md`` next to the weights."""
+    """Store ``info`` as ``vat_training.json`` and render ``README.md`` next to the weights
+    (both written atomically; the card is rendered first, so a failure changes neither)."""
     output_dir = Path(output_dir)
+    text = str(render_card(info))
     write_json(output_dir / TRAINING_INFO, dict(info))
-    path = output_dir / CARD
-    path.write_text(render_card(info), encoding="utf-8")
-    return path
+    return atomic_write_text(output_dir / CARD, text)
 
 
 def read_training_info(output_dir) -> Optional[Dict]:
@@ -131,10 +202,13 @@ def read_training_info(output_dir) -> Optional[Dict]:
     return read_json(path) if path.exists() else None
 
 
-def add_vat_result(output_dir, vat: Mapping) -> Optional[Path]:
-    """Add a VAT result to the card of a vat-hf-trained adapter (no-op for other folders)."""
+def add_vat_result(output_dir, vat: Mapping, data: Optional[Mapping] = None) -> Optional[Path]:
+    """Add a VAT result (and ``data``: the judged item set's source, split and fingerprint) to
+    the card of a vat-hf-trained adapter (no-op for other folders)."""
     info = read_training_info(output_dir)
     if info is None:
         return None
     info["vat"] = dict(vat)
+    if data is not None:
+        info["vat_data"] = {key: data.get(key) for key in ("source", "split", "n_items", "n_scenes", "fingerprint")}
     return write_model_card(output_dir, info)

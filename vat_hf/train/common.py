@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from vat_hf.train.config import TrainingConfigError
 
@@ -220,7 +220,7 @@ def tax_aware_dataset(model, tokenizer, dataset, script_args, training_args, ite
 
 def attach_trajectory(trainer, tokenizer, script_args, training_args):
     """The gain–tax trajectory callback on a fixed sample of the data source's ``test`` items."""
-    from vat_hf.data.sources import load_items
+    from vat_hf.data import load_items
     from vat_hf.train.trajectory import VATTrajectoryCallback, sample_items
 
     test_items = load_items(script_args.data_source, split="test", seed=training_args.seed, columns=script_args.data_columns)
@@ -275,7 +275,7 @@ def run_training(method: str, script_args, training_args, model_args, items: Opt
     ``end=True`` (the command-line scripts) finishes trackers and destroys the process group
     at the end, which a multi-process launch needs to exit cleanly."""
     from vat_hf.distributed import end_distributed
-    from vat_hf.pipeline import package_versions
+    from vat_hf.provenance import git_commit, package_versions
     from vat_hf.train.card import write_model_card
 
     trainer, data_info = build_trainer(method, script_args, training_args, model_args, items)
@@ -308,6 +308,7 @@ def run_training(method: str, script_args, training_args, model_args, items: Opt
             "distributed": {"type": trainer.accelerator.distributed_type.value,
                             "num_processes": trainer.accelerator.num_processes},
             "versions": package_versions(),
+            "git_commit": git_commit(),
             **dict(extra_info or {}),
         }
         trajectory = trajectory_of(trainer)
@@ -324,10 +325,3 @@ def run_training(method: str, script_args, training_args, model_args, items: Opt
         trainer.accelerator.wait_for_everyone()
     return output_dir
 
-
-def main(method: str, args: Optional[Sequence[str]] = None) -> Path:
-    """Command-line entry: parse (TRL's parser, our dataclasses + TRL's), train, end the process group."""
-    from vat_hf.train.config import parse_training_args
-
-    script_args, training_args, model_args = parse_training_args(method, args)
-    return run_training(method, script_args, training_args, model_args, end=True)

@@ -9,25 +9,31 @@ A training recipe is one flat YAML file whose keys belong to one of three datacl
 * TRL's ``ModelConfig``: the base model and PEFT (``model_name_or_path``, ``dtype``,
   ``use_peft``, ``lora_r``, ``lora_alpha``, ``lora_target_modules``, ``load_in_4bit``...).
 
-:func:`parse_training_args` runs :class:`trl.TrlParser` (``--config recipe.yaml``, then any key
-as a ``--key value`` flag overriding the file) and refuses any key none of the three knows, before
-anything is loaded.
+:func:`parse_training_args` reads ``--config recipe.yaml`` and any key as a ``--key value`` flag
+overriding the file; :func:`parse_training_config` parses a recipe that is already a mapping (an
+experiment's resolved intervention recipe) the same way, in memory. Both run
+:class:`trl.TrlParser` and refuse any key none of the three dataclasses knows, before anything is
+loaded.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+import yaml
+
+from vat_hf.errors import VatHfError
 from vat_hf.values import canonical_value
 
 METHODS = ("sft", "dpo")
 
 
-class TrainingConfigError(ValueError):
+class TrainingConfigError(VatHfError, ValueError):
     """A training recipe or flag that cannot be used: unknown key, missing or invalid value."""
 
 
@@ -120,9 +126,6 @@ class VATDPOScriptArguments(VATScriptArguments):
     )
 
 
-VATTrainingArguments = VATScriptArguments  # the name the design notes use
-
-
 def config_classes(method: str) -> Tuple[type, type, type]:
     from trl import DPOConfig, ModelConfig, SFTConfig
 
@@ -154,41 +157,51 @@ def _unknown_error(parser, where: str, keys: Iterable[str], method: str) -> Trai
     return TrainingConfigError(f"{where}: unknown key(s) {'; '.join(lines)}. A {method} recipe takes the fields of {classes}.")
 
 
-def parse_training_args(method: str, args: Optional[Sequence[str]] = None):
-    """(script_args, training_args, model_args) from ``--config FILE`` and ``--key value`` flags.
+def parse_training_config(method: str, config: Mapping[str, Any], args: Sequence[str] = (), where: str = "recipe"):
+    """(script_args, training_args, model_args) from a recipe ``config`` (a mapping, as a recipe
+    YAML file holds) with ``--key value`` ``args`` on top.
 
-    Flags override the file. Unknown keys in either raise :class:`TrainingConfigError` (TRL's own
-    scripts silently ignore unknown file keys; a misspelt ``learning_rate`` should not train with
-    the default).
+    TRL's own parsing, in memory: the mapping becomes the parser's defaults
+    (``TrlParser.set_defaults_with_config``, what ``--config FILE`` does) and the flags are parsed
+    over them, so a mapping parses exactly as the same keys in a file. An ``env`` mapping sets
+    environment variables, as in TRL. Unknown keys raise :class:`TrainingConfigError` naming
+    ``where`` (TRL's scripts silently ignore unknown file keys; a misspelt ``learning_rate``
+    should not train with the default).
     """
     parser = make_parser(method)
-    args = list(sys.argv[1:] if args is None else args)
-    try:
-        *parsed, file_unknown, flag_unknown = parser.parse_args_and_config(
-            args, return_remaining_strings=True, separate_remaining_strings=True
-        )
-    except FileNotFoundError as err:
-        raise TrainingConfigError(f"training recipe not found: {err.filename}") from None
-    if file_unknown:
-        config = args[args.index("--config") + 1] if "--config" in args else "config"
-        raise _unknown_error(parser, f"recipe {config}", _keys(file_unknown), method)
+    config = dict(config)
+    env = config.pop("env", None) or {}
+    if not isinstance(env, Mapping):
+        raise TrainingConfigError(f"{where}: 'env' must be a mapping of environment variables")
+    for key, value in env.items():
+        os.environ[str(key)] = str(value)
+    config_unknown = parser.set_defaults_with_config(**config)
+    if config_unknown:  # before the dataclasses are built: a typo is named before any value is checked
+        raise _unknown_error(parser, where, _keys(config_unknown), method)
+    *parsed, flag_unknown = parser.parse_args_into_dataclasses(args=list(args), return_remaining_strings=True,
+                                                               look_for_args_file=False)
     if flag_unknown:
         raise _unknown_error(parser, "command line", _keys(flag_unknown) or flag_unknown, method)
     return tuple(parsed)
 
 
-def recipe_args(recipe: Optional[str] = None, overrides: Optional[Dict] = None) -> List[str]:
-    """Command-line style arguments for :func:`parse_training_args` from a recipe path and a dict
-    of overrides (written as ``--key value`` flags; lists as several values, dicts as JSON)."""
-    args: List[str] = ["--config", str(recipe)] if recipe else []
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        args.append(f"--{key}")
-        if isinstance(value, (list, tuple)):
-            args.extend(str(v) for v in value)
-        elif isinstance(value, dict):
-            args.append(json.dumps(value))
-        else:
-            args.append(str(value))
-    return args
+def parse_training_args(method: str, args: Optional[Sequence[str]] = None):
+    """(script_args, training_args, model_args) from ``--config FILE`` and ``--key value`` flags
+    (flags override the file); see :func:`parse_training_config`."""
+    args = list(sys.argv[1:] if args is None else args)
+    config, where = {}, "config"
+    if "--config" in args:
+        at = args.index("--config")
+        if at + 1 >= len(args):
+            raise TrainingConfigError("--config needs a recipe file")
+        path = args[at + 1]
+        del args[at:at + 2]
+        try:
+            with open(path, encoding="utf-8") as handle:
+                config = yaml.safe_load(handle) or {}
+        except FileNotFoundError:
+            raise TrainingConfigError(f"training recipe not found: {path}") from None
+        if not isinstance(config, dict):
+            raise TrainingConfigError(f"training recipe {path} must be a YAML mapping")
+        where = f"recipe {path}"
+    return parse_training_config(method, config, args, where)

@@ -104,7 +104,7 @@ def load_training_items(source: str = "builtin", max_scenes: Optional[int] = Non
                         columns: Optional[Mapping[str, str]] = None) -> List[Dict]:
     """The ``train`` items of ``source`` (a reproducible sample of ``max_scenes`` scenes if given);
     a clear error when the source has none."""
-    from vat_hf.data.sources import load_items
+    from vat_hf.data import load_items
 
     try:
         return load_items(source, split="train", max_scenes=max_scenes, seed=seed, columns=columns)

@@ -18,15 +18,9 @@ from the last checkpoint in ``output_dir``.
 from __future__ import annotations
 
 from vat_hf.train.common import run_training
-from vat_hf.train.config import make_parser as _make_parser
 from vat_hf.train.config import parse_training_args
 
 METHOD = "dpo"
-
-
-def make_parser():
-    """TRL's ``TrlParser`` over (VATDPOScriptArguments, DPOConfig, ModelConfig)."""
-    return _make_parser(METHOD)
 
 
 def main(script_args, training_args, model_args):
@@ -35,6 +29,5 @@ def main(script_args, training_args, model_args):
 
 
 if __name__ == "__main__":
-    # TrlParser.parse_args_and_config, refusing keys that none of the three dataclasses knows.
-    script_args, training_args, model_args = parse_training_args(METHOD)
-    main(script_args, training_args, model_args)
+    # TrlParser over vat-hf's and TRL's dataclasses (vat_hf.train.config.make_parser), refusing unknown keys.
+    main(*parse_training_args(METHOD))

@@ -1,0 +1,289 @@
+"""The judging task, apart from any backend: what a judgment record holds and the scoring rules.
+
+Both backends (the transformers :class:`~vat_hf.evaluation.judge.Evaluator` and
+:class:`~vat_hf.evaluation.vllm_backend.VLLMEvaluator`) compute option log-probabilities or a
+generated answer their own way and hand them to the functions here, which turn them into the
+same outputs and records:
+
+* the scoring modes (:data:`MODES`) and how ``"auto"`` picks one from the tokenizer
+  (:func:`resolve_mode`, :func:`option_token_ids`);
+* a distribution from the five options' log-probabilities (:func:`distribution_outputs`), a
+  rating parsed from a generated answer (:func:`parse_rating`, :func:`generated_outputs`), and
+  the recorded, explained outcome of an item that is not judged (:func:`missing_outputs`,
+  :func:`bad_item_reason`, :func:`too_long_outputs`);
+* the record of one judgment (:func:`make_record`) and the summary of many (:func:`summarize`);
+* what besides model, adapter and prompt decides a judgment's outputs (:func:`scoring_config`,
+  part of the judgment cache's key).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from vat_hf.errors import VatHfError
+from vat_hf.prompts import OPTIONS, SCALE_MAX, SCALE_MIN
+
+logger = logging.getLogger(__name__)
+
+MODE_LOGPROB = "logprob"
+MODE_MULTITOKEN = "logprob-multitoken"
+MODE_GENERATE = "generate"
+MODES = (MODE_LOGPROB, MODE_MULTITOKEN, MODE_GENERATE)
+TRUNCATION_RULES = ("refuse", "left")
+
+ITEM_KEYS = ("id", "scene_id", "country", "domain", "value", "micro_value", "polarity", "split")
+"""The item metadata every record carries (the metric pairs and groups records by these)."""
+OUTPUT_KEYS = ("rating", "probs", "option_mass", "option_logprobs", "argmax", "n_tokens", "mode", "missing_reason",
+               "truncated_tokens", "generated")
+"""What a backend's outputs for one item may hold."""
+
+
+class OptionTokenError(VatHfError, ValueError):
+    """The tokenizer does not encode the rating options as single, distinct tokens."""
+
+
+def option_token_ids(tokenizer, options: Sequence[str] = OPTIONS) -> List[int]:
+    """The token id of each rating option, or :class:`OptionTokenError` when an option is not a
+    single token or two options share one."""
+    ids = []
+    for option in options:
+        encoded = tokenizer.encode(option, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise OptionTokenError(
+                f"option {option!r} is {len(encoded)} tokens {encoded} for this tokenizer; single-token "
+                "scoring needs each rating option to be one token",
+                fix="use mode 'auto' or 'logprob-multitoken'",
+            )
+        ids.append(encoded[0])
+    if len(set(ids)) != len(ids):
+        raise OptionTokenError(f"rating options {list(options)} share token ids {ids}",
+                               fix="use mode 'auto' or 'logprob-multitoken'")
+    return ids
+
+
+def resolve_mode(tokenizer, mode: str = "auto") -> Tuple[str, Optional[List[int]]]:
+    """``(mode, option token ids or None)``: ``"auto"`` is ``logprob`` when the options are
+    single, distinct tokens, else ``logprob-multitoken``; an explicit ``logprob`` on a tokenizer
+    that does not allow it raises :class:`OptionTokenError`."""
+    if mode not in ("auto",) + MODES:
+        raise ValueError(f"mode {mode!r} is not 'auto' or one of {MODES}")
+    try:
+        ids: Optional[List[int]] = option_token_ids(tokenizer)
+    except OptionTokenError:
+        if mode == MODE_LOGPROB:
+            raise
+        ids = None
+    if mode == "auto":
+        mode = MODE_LOGPROB if ids is not None else MODE_MULTITOKEN
+        if mode == MODE_MULTITOKEN:
+            logger.info("rating options are not single distinct tokens for this tokenizer; scoring %s", mode)
+    return mode, ids
+
+
+def default_max_length(model_config, tokenizer) -> Optional[int]:
+    """The longest prompt judged when none is given: the model's ``max_position_embeddings`` or
+    the tokenizer's ``model_max_length``, whichever is smaller (None when neither is known)."""
+    candidates = [getattr(model_config, "max_position_embeddings", None)]
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and model_max < 10_000_000:  # transformers' "no limit" is a huge int
+        candidates.append(model_max)
+    candidates = [c for c in candidates if isinstance(c, int) and c > 0]
+    return min(candidates) if candidates else None
+
+
+def scoring_config(tokenizer, mode: str, max_length: Optional[int], truncation: str, max_new_tokens: int) -> Dict:
+    """Everything besides model, adapter and prompt that decides a judgment's outputs."""
+    from vat_hf.evaluation.cache import tokenizer_fingerprint
+
+    config = {"mode": mode, "options": list(OPTIONS), "tokenizer": tokenizer_fingerprint(tokenizer),
+              "max_length": max_length, "truncation": truncation}
+    if mode == MODE_GENERATE:
+        config["max_new_tokens"] = max_new_tokens
+    return config
+
+
+# -- outputs of one item --------------------------------------------------------------------------
+
+def distribution_outputs(logprobs: Sequence[float], mode: str) -> Dict:
+    """Rating outputs from the five options' log-probabilities (full-vocabulary log-softmax).
+
+    >>> out = distribution_outputs([math.log(0.1), math.log(0.3), -math.inf, math.log(0.1), math.log(0.5)], "logprob")
+    >>> [round(p, 3) for p in out["probs"]], round(out["option_mass"], 3), round(out["rating"], 3), out["argmax"]
+    ([0.1, 0.3, 0.0, 0.1, 0.5], 1.0, 3.6, 5)
+    """
+    logprobs = [float(x) for x in logprobs]
+    top = max(logprobs)
+    if not math.isfinite(top):
+        dist, mass = [math.nan] * len(logprobs), 0.0
+    else:
+        weights = [math.exp(x - top) for x in logprobs]
+        total = sum(weights)
+        dist = [w / total for w in weights]
+        mass = math.exp(top) * total
+    return {
+        "rating": float(sum((SCALE_MIN + k) * p for k, p in enumerate(dist))),
+        "probs": dist,
+        "option_mass": mass,
+        "option_logprobs": logprobs,
+        "argmax": SCALE_MIN + max(range(len(dist)), key=dist.__getitem__),
+        "mode": mode,
+    }
+
+
+def missing_outputs(reason: str, mode: str, **extra) -> Dict:
+    """The outputs of an item that got no rating: ``rating=None`` and the reason, never a guess."""
+    return {"rating": None, "probs": None, "option_mass": None, "option_logprobs": None, "argmax": None,
+            "mode": mode, "missing_reason": reason, **extra}
+
+
+def bad_item_reason(item: Mapping) -> Optional[str]:
+    """Why ``item`` cannot be judged at all (an empty scenario or action), or None.
+
+    >>> bad_item_reason({"id": "x", "scenario": "S", "action": "  "})
+    "item 'x': empty action; nothing to judge"
+    """
+    for key in ("scenario", "action"):
+        value = item.get(key)
+        if not isinstance(value, str) or not value.strip():
+            return f"item {item.get('id')!r}: empty {key}; nothing to judge"
+    return None
+
+
+def too_long_outputs(item: Mapping, n_tokens: int, max_length: int, mode: str, reserved: int = 0) -> Dict:
+    """The outputs of an item whose prompt (``n_tokens``) does not fit ``max_length`` less the
+    ``reserved`` tokens of its answer, under ``truncation="refuse"``."""
+    reserve = f" less {reserved} for the answer" if reserved else ""
+    return missing_outputs(
+        f"item {item.get('id')!r}: the prompt is {n_tokens} tokens, more than max_length {max_length}{reserve} "
+        "(truncation='refuse'; use truncation='left' to keep the prompt's last tokens)",
+        mode, n_tokens=n_tokens)
+
+
+_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
+
+
+def parse_rating(text: str) -> Tuple[Optional[int], Optional[str]]:
+    """The rating in a generated answer: its first number, if that is an integer from 1 to 5.
+    Returns ``(rating, None)`` or ``(None, reason)``; nothing is guessed.
+
+    >>> parse_rating("4")
+    (4, None)
+    >>> parse_rating(" I'd say 2 out of 5.")
+    (2, None)
+    >>> parse_rating("3.5")
+    (None, "the answer's first number '3.5' is not an integer from 1 to 5")
+    >>> parse_rating("acceptable")
+    (None, 'no number in the answer')
+    """
+    match = _NUMBER.search(text or "")
+    if match is None:
+        return None, "no number in the answer"
+    token = match.group(0)
+    if re.fullmatch(r"\d+", token) and SCALE_MIN <= int(token) <= SCALE_MAX:
+        return int(token), None
+    return None, f"the answer's first number {token!r} is not an integer from {SCALE_MIN} to {SCALE_MAX}"
+
+
+def answer_complete(text: str) -> bool:
+    """Whether a partial answer already decides its rating: its first number is followed by a
+    character that cannot extend it (greedy decoding can stop there).
+
+    >>> [answer_complete(t) for t in ("4", "4\\n", "3.", "3.5 ", "none yet")]
+    [False, True, False, True, False]
+    """
+    match = _NUMBER.search(text or "")
+    if match is None:
+        return False
+    rest = text[match.end():]
+    return bool(rest) and not (rest[0] in ".," and len(rest) == 1)
+
+
+def generated_outputs(text: str, **extra) -> Dict:
+    """The outputs of a generated answer: its parsed rating, or missing with the answer and why.
+
+    >>> generated_outputs("5 - fine")["rating"], generated_outputs("no idea")["missing_reason"]
+    (5.0, "unparseable answer 'no idea': no number in the answer")
+    """
+    rating, reason = parse_rating(text)
+    if rating is None:
+        return missing_outputs(f"unparseable answer {text!r}: {reason}", MODE_GENERATE, generated=text, **extra)
+    return {"rating": float(rating), "probs": None, "option_mass": None, "option_logprobs": None, "argmax": rating,
+            "mode": MODE_GENERATE, "generated": text, **extra}
+
+
+# -- records -------------------------------------------------------------------------------------
+
+def check_item_ids(items: Sequence[Mapping]) -> None:
+    """Every judged item needs an id (records are paired and cached by it); refuse any without."""
+    for position, item in enumerate(items):
+        if not isinstance(item, Mapping) or item.get("id") in (None, ""):
+            raise ValueError(f"item {position} has no 'id'; every judged item needs one (see vat_hf.data.schema)")
+
+
+def make_record(item: Mapping, outputs: Mapping, prompt_hash: str) -> Dict:
+    """One judgment record: the item's metadata (:data:`ITEM_KEYS`), the model's outputs (a
+    mapping of :data:`OUTPUT_KEYS`) and the prompt's fingerprint."""
+    record = {key: item.get(key) for key in ITEM_KEYS}
+    record.update({
+        "rating": outputs.get("rating"),
+        "probs": outputs.get("probs"),
+        "option_mass": outputs.get("option_mass"),
+        "argmax": outputs.get("argmax"),
+        "prompt_hash": prompt_hash,
+        "n_tokens": outputs.get("n_tokens"),
+        "mode": outputs["mode"],
+    })
+    for key in ("option_logprobs", "missing_reason", "truncated_tokens", "generated"):
+        if outputs.get(key) is not None:
+            record[key] = outputs[key]
+    return record
+
+
+@dataclass
+class EvaluationSummary:
+    n_items: int
+    option_mass_mean: float
+    option_mass_min: float
+    mean_rating: float
+    mode: str = MODE_LOGPROB
+    n_missing: int = 0
+
+    def to_dict(self) -> Dict:
+        return dict(self.__dict__)
+
+
+def summarize(records: Sequence[Mapping]) -> EvaluationSummary:
+    """Counts, mean rating and option mass of a list of records (NaN where nothing was rated)."""
+    masses = [r["option_mass"] for r in records if r.get("option_mass") is not None]
+    ratings = [r["rating"] for r in records if r.get("rating") is not None]
+    modes = sorted({r.get("mode") for r in records if r.get("mode")})
+    return EvaluationSummary(
+        n_items=len(records),
+        option_mass_mean=float(sum(masses) / len(masses)) if masses else math.nan,
+        option_mass_min=float(min(masses)) if masses else math.nan,
+        mean_rating=float(sum(ratings) / len(ratings)) if ratings else math.nan,
+        mode="+".join(modes) if modes else MODE_LOGPROB,
+        n_missing=len(records) - len(ratings),
+    )
+
+
+@dataclass
+class JudgeStats:
+    """What one backend's judging did: items, cache hits, computed items, prefix reuse, time."""
+
+    n_items: int = 0
+    n_cached: int = 0
+    n_computed: int = 0
+    n_missing: int = 0
+    n_prefix: int = 0
+    prefix_tokens: int = 0
+    tokens_read: int = 0
+    seconds: float = 0.0
+    batches: int = 0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(self.__dict__)
