@@ -60,11 +60,13 @@ def sample_records(items: Sequence[Mapping], records: Sequence[Mapping], tokeniz
 
 
 def data_block(data_config: Mapping[str, Any], items: Sequence[Mapping], limit: Optional[int] = None) -> Dict[str, Any]:
-    """What was judged: the data settings, the counts and the items' fingerprint."""
-    from vat_hf.data import items_fingerprint
+    """What was judged: the data settings, the counts, the items' fingerprint and the item-id
+    spelling it covers (:data:`vat_hf.data.ITEM_ID_VERSION`)."""
+    from vat_hf.data import ITEM_ID_VERSION, items_fingerprint
 
     return {**dict(data_config), "limit": limit, "n_items": len(items),
-            "n_scenes": len({item.get("scene_id") for item in items}), "fingerprint": items_fingerprint(items)}
+            "n_scenes": len({item.get("scene_id") for item in items}), "fingerprint": items_fingerprint(items),
+            "item_id_version": ITEM_ID_VERSION}
 
 
 def evaluation_result(*, name: str, provenance: Mapping[str, Any], model: Mapping[str, Any], prompt, mode: str,
