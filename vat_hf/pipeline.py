@@ -83,6 +83,14 @@ class MetricConfig:
     n_bootstrap: int = 1000
     confidence: float = 0.95
     level: str = "basic"
+    resample: str = "scene"  # unit of resampling: scene, country, domain or two_way
+    centering: str = "none"  # "scene": ipsative centring per scene and state
+    n_sign_flips: int = 5000  # permutations of the sign-flip tests and tax_null
+
+    def kwargs(self) -> Dict[str, Any]:
+        """The metric's keyword arguments (compute_vat, compare_paired) from this config."""
+        return {"n_bootstrap": self.n_bootstrap, "confidence": self.confidence, "level": self.level,
+                "resample": self.resample, "centering": self.centering}
 
 
 @dataclass
@@ -245,7 +253,7 @@ class ExperimentRunner:
     def run(self) -> Dict[str, Any]:
         from vat_hf.data.sources import load_items
         from vat_hf.evaluation import summarize
-        from vat_hf.metrics.paired import score_judgments
+        from vat_hf.metrics.paired import compare_judgments, score_judgments
 
         cfg = self.config
         random.seed(cfg.seed)
@@ -264,11 +272,13 @@ class ExperimentRunner:
         baseline = self.evaluate("baseline", items, JudgePrompt(name="baseline"))
         baseline_summary = summarize(baseline).to_dict()
         results = []
+        posts: Dict[str, List[Dict]] = {}
         for spec in cfg.interventions:
             prompt, adapter = self.apply(spec, train_items)
             post = self.evaluate(spec.name, items, prompt, adapter=adapter)
-            vat = score_judgments(baseline, post, cfg.target_value, n_bootstrap=cfg.metric.n_bootstrap,
-                                  confidence=cfg.metric.confidence, level=cfg.metric.level, seed=cfg.seed)
+            posts[spec.name] = post
+            vat = score_judgments(baseline, post, cfg.target_value, seed=cfg.seed, n_sign_flips=cfg.metric.n_sign_flips,
+                                  **cfg.metric.kwargs())
             result = {
                 "name": spec.name,
                 "model": {"name_or_path": self.loaded.name_or_path, "resolved_path": self.loaded.resolved_path, "adapter": adapter},
@@ -294,12 +304,20 @@ class ExperimentRunner:
 
                 add_vat_result(adapter, result["vat"])
             results.append(read_json(self.out / "results" / f"{spec.name}.json"))
+        # The interventions against each other: differences bootstrapped on the same resampled scenes
+        # (every arm here shares the baseline; compare_judgments also takes arms with their own).
+        comparison = None
+        if len(posts) > 1:
+            comparison = compare_judgments({name: (baseline, post) for name, post in posts.items()}, cfg.target_value,
+                                           seed=cfg.seed, **cfg.metric.kwargs())
+            write_json(self.out / "comparison.json", comparison)
         report_paths = {}
         if results:
             from vat_hf.report import write_report
 
-            report_paths = write_report(results, self.out / "report", title=f"{cfg.name}: toward {cfg.target_value}")
-        return {"results": results, "report": report_paths, "baseline": baseline_summary}
+            report_paths = write_report(results, self.out / "report", title=f"{cfg.name}: toward {cfg.target_value}",
+                                        comparison=comparison)
+        return {"results": results, "report": report_paths, "baseline": baseline_summary, "comparison": comparison}
 
 
 def run_experiment(config: "ExperimentConfig | str | Path", progress: bool = True, **overrides) -> Dict[str, Any]:
