@@ -1,6 +1,6 @@
 """Calibration of the VAT metric on synthetic data with planted effects (issue 12's evidence).
 
-    .venv/bin/python bench/bench_calibration.py [--seeds 400] [--scenes 60] [--json out.json] [--quick]
+    .venv/bin/python bench/bench_calibration.py [--seeds 400] [--scenes 60] [--only abcde] [--json out.json] [--quick]
 
 Each check simulates many data sets (one per seed) whose true effects are known and counts how
 often the metric's rule holds, printed with a 95% Wilson interval for the rate (scipy's binomtest):
@@ -100,6 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scenes", type=int, default=60)
     ap.add_argument("--n-bootstrap", type=int, default=1000)
     ap.add_argument("--quick", action="store_true", help="100 seeds, 300 resamples: a smoke run")
+    ap.add_argument("--only", default="abcde", help="the checks to run, e.g. 'd' (default: all)")
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args(argv)
     if args.quick:
@@ -117,94 +118,100 @@ def main(argv=None) -> int:
     print(f"simulation: {S} scenes x 10 values x 4 items; scene effect sd {SHARED_SD} (+{OWN_SD} per intervention), "
           f"item sd {ITEM_SD}; {B} bootstrap resamples; 95% intervals, tests at 0.05\n")
 
+    base = {TARGET: 0.25, **planted_drifts()}  # the planted gain and drifts of (b), (d) and (e)
+
     # (a) no-op
-    n_a = int(2.5 * N)
-    tax_rej = val_rej = fwer = 0
-    for seed in range(n_a):
-        cols, ratings = simulate(np.random.default_rng(seed), S, {"noop": {}})
-        r = compute_vat(*ratings["noop"], **cols, target_value=TARGET, n_bootstrap=0, n_sign_flips=2000, seed=seed,
-                        **quiet)
-        tax_rej += r["tax_null"]["p_value"] <= 0.05
-        raw = np.array(list(r["p_values_raw"].values()))
-        val_rej += int((raw <= 0.05).sum())
-        fwer += min(r["p_values"].values()) <= 0.05
-    numbers["a"] = {"tax": tax_rej / n_a, "per_value": val_rej / (10 * n_a), "holm_fwer": fwer / n_a}
-    print("(a) no-op intervention, rejection rate at 0.05 (goal 0.03-0.07):")
-    print(f"    tax test (sign flips of whole scenes):     {rate(tax_rej, n_a)}")
-    print(f"    per-value tests, raw (10 values pooled):   {rate(val_rej, 10 * n_a)}")
-    print(f"    Holm family-wise (any non-target value):   {rate(fwer, n_a)}  (goal <= 0.05)")
+    if "a" in args.only:
+        n_a = int(2.5 * N)
+        tax_rej = val_rej = fwer = 0
+        for seed in range(n_a):
+            cols, ratings = simulate(np.random.default_rng(seed), S, {"noop": {}})
+            r = compute_vat(*ratings["noop"], **cols, target_value=TARGET, n_bootstrap=0, n_sign_flips=2000, seed=seed,
+                            **quiet)
+            tax_rej += r["tax_null"]["p_value"] <= 0.05
+            raw = np.array(list(r["p_values_raw"].values()))
+            val_rej += int((raw <= 0.05).sum())
+            fwer += min(r["p_values"].values()) <= 0.05
+        numbers["a"] = {"tax": tax_rej / n_a, "per_value": val_rej / (10 * n_a), "holm_fwer": fwer / n_a}
+        print("(a) no-op intervention, rejection rate at 0.05 (goal 0.03-0.07):")
+        print(f"    tax test (sign flips of whole scenes):     {rate(tax_rej, n_a)}")
+        print(f"    per-value tests, raw (10 values pooled):   {rate(val_rej, 10 * n_a)}")
+        print(f"    Holm family-wise (any non-target value):   {rate(fwer, n_a)}  (goal <= 0.05)")
 
     # (b) coverage
-    truth = {TARGET: 0.25, **planted_drifts()}
-    true_tax = float(np.mean([abs(d) for v, d in truth.items() if v != TARGET]))
-    cov = {"gain": 0, "drift": 0, "tax": 0}
-    for seed in range(N):
-        cols, ratings = simulate(np.random.default_rng(10_000 + seed), S, {"arm": truth})
-        r = compute_vat(*ratings["arm"], **cols, target_value=TARGET, n_bootstrap=B, seed=seed, n_sign_flips=0, **quiet)
-        lo, hi = r["ci"]["gain"]
-        cov["gain"] += lo <= truth[TARGET] <= hi
-        cov["drift"] += sum(r["ci"]["drift"][v][0] <= truth.get(v, 0.0) <= r["ci"]["drift"][v][1] for v in values())
-        lo, hi = r["ci"]["tax"]
-        cov["tax"] += lo <= true_tax <= hi
-    numbers["b"] = {"gain": cov["gain"] / N, "drift": cov["drift"] / (10 * N), "tax": cov["tax"] / N}
-    print(f"\n(b) planted gain {truth[TARGET]} and drifts (|drift| 0.03-0.11, tax {true_tax:.3f}): coverage of 95% "
-          "intervals (goal 0.92-0.98):")
-    print(f"    gain:                 {rate(cov['gain'], N)}")
-    print(f"    drift (10 values):    {rate(cov['drift'], 10 * N)}")
-    print(f"    tax:                  {rate(cov['tax'], N)}")
+    if "b" in args.only:
+        truth = base
+        true_tax = float(np.mean([abs(d) for v, d in truth.items() if v != TARGET]))
+        cov = {"gain": 0, "drift": 0, "tax": 0}
+        for seed in range(N):
+            cols, ratings = simulate(np.random.default_rng(10_000 + seed), S, {"arm": truth})
+            r = compute_vat(*ratings["arm"], **cols, target_value=TARGET, n_bootstrap=B, seed=seed, n_sign_flips=0, **quiet)
+            lo, hi = r["ci"]["gain"]
+            cov["gain"] += lo <= truth[TARGET] <= hi
+            cov["drift"] += sum(r["ci"]["drift"][v][0] <= truth.get(v, 0.0) <= r["ci"]["drift"][v][1] for v in values())
+            lo, hi = r["ci"]["tax"]
+            cov["tax"] += lo <= true_tax <= hi
+        numbers["b"] = {"gain": cov["gain"] / N, "drift": cov["drift"] / (10 * N), "tax": cov["tax"] / N}
+        print(f"\n(b) planted gain {truth[TARGET]} and drifts (|drift| 0.03-0.11, tax {true_tax:.3f}): coverage of 95% "
+              "intervals (goal 0.92-0.98):")
+        print(f"    gain:                 {rate(cov['gain'], N)}")
+        print(f"    drift (10 values):    {rate(cov['drift'], 10 * N)}")
+        print(f"    tax:                  {rate(cov['tax'], N)}")
 
     # (c) gain interval spanning 0
-    old = load_old_compute_vat()
-    spans = vat_none = old_numeric = 0
-    for seed in range(N):
-        cols, ratings = simulate(np.random.default_rng(20_000 + seed), S, {"arm": {TARGET: 0.0, **planted_drifts()}})
-        r = compute_vat(*ratings["arm"], **cols, target_value=TARGET, n_bootstrap=B, seed=seed, n_sign_flips=0, **quiet)
-        lo, hi = r["ci"]["gain"]
-        if lo <= 0 <= hi:
-            spans += 1
-            vat_none += r["vat"] is None and r["gnd"] is None and r["gain_status"] == "not_resolved"
-            if old is not None:
-                o = old(*ratings["arm"], **cols, target_value=TARGET, n_bootstrap=B, seed=seed, n_subsamples=0,
-                        n_permutations=0)
-                old_numeric += o["vat"] is not None
-    numbers["c"] = {"spans": spans, "vat_none": vat_none, "old_numeric": old_numeric if old else None}
-    print(f"\n(c) planted gain 0: the gain's interval spans 0 in {spans} of {N} data sets; among them")
-    print(f"    vat and gnd None (status not_resolved):    {rate(vat_none, spans)}  (goal: every time)")
-    if old is not None:
-        print(f"    the metric before issue 12 printed a vat:  {rate(old_numeric, spans)}")
+    if "c" in args.only:
+        old = load_old_compute_vat()
+        spans = vat_none = old_numeric = 0
+        for seed in range(N):
+            cols, ratings = simulate(np.random.default_rng(20_000 + seed), S, {"arm": {TARGET: 0.0, **planted_drifts()}})
+            r = compute_vat(*ratings["arm"], **cols, target_value=TARGET, n_bootstrap=B, seed=seed, n_sign_flips=0, **quiet)
+            lo, hi = r["ci"]["gain"]
+            if lo <= 0 <= hi:
+                spans += 1
+                vat_none += r["vat"] is None and r["gnd"] is None and r["gain_status"] == "not_resolved"
+                if old is not None:
+                    o = old(*ratings["arm"], **cols, target_value=TARGET, n_bootstrap=B, seed=seed, n_subsamples=0,
+                            n_permutations=0)
+                    old_numeric += o["vat"] is not None
+        numbers["c"] = {"spans": spans, "vat_none": vat_none, "old_numeric": old_numeric if old else None}
+        print(f"\n(c) planted gain 0: the gain's interval spans 0 in {spans} of {N} data sets; among them")
+        print(f"    vat and gnd None (status not_resolved):    {rate(vat_none, spans)}  (goal: every time)")
+        if old is not None:
+            print(f"    the metric before issue 12 printed a vat:  {rate(old_numeric, spans)}")
 
     # (d) paired comparison
-    base = {TARGET: 0.25, **planted_drifts()}
-    more_tax = {TARGET: 0.25, **planted_drifts(scale=1.5)}
-    tax_diff = float(np.mean([abs(more_tax[v]) - abs(base[v]) for v in base if v != TARGET]))
-    flagged_diff = flagged_equal = 0
-    n_d = N
-    for seed in range(n_d):
-        cols, ratings = simulate(np.random.default_rng(30_000 + seed), S, {"a": base, "b": more_tax})
-        out = compare_paired(ratings, **cols, target_value=TARGET, n_bootstrap=B, seed=seed)
-        flagged_diff += bool(out["pairs"][0]["same_gain_different_tax"])
-        cols, ratings = simulate(np.random.default_rng(40_000 + seed), S, {"a": base, "b": base})
-        out = compare_paired(ratings, **cols, target_value=TARGET, n_bootstrap=B, seed=seed)
-        flagged_equal += bool(out["pairs"][0]["same_gain_different_tax"])
-    numbers["d"] = {"tax_difference": tax_diff, "flagged_different": flagged_diff / n_d, "flagged_equal": flagged_equal / n_d}
-    print("\n(d) two interventions, one baseline, equal gains (0.25): 'same gain, different tax' flagged")
-    print(f"    tax difference {tax_diff:.3f} (drifts x1.5): {rate(flagged_diff, n_d)}  (goal >= 0.80)")
-    print(f"    equal taxes:                      {rate(flagged_equal, n_d)}  (goal <= 0.05)")
+    if "d" in args.only:
+        more_tax = {TARGET: 0.25, **planted_drifts(scale=1.5)}
+        tax_diff = float(np.mean([abs(more_tax[v]) - abs(base[v]) for v in base if v != TARGET]))
+        flagged_diff = flagged_equal = 0
+        n_d = N
+        for seed in range(n_d):
+            cols, ratings = simulate(np.random.default_rng(30_000 + seed), S, {"a": base, "b": more_tax})
+            out = compare_paired(ratings, **cols, target_value=TARGET, n_bootstrap=B, seed=seed)
+            flagged_diff += bool(out["pairs"][0]["same_gain_different_tax"])
+            cols, ratings = simulate(np.random.default_rng(40_000 + seed), S, {"a": base, "b": base})
+            out = compare_paired(ratings, **cols, target_value=TARGET, n_bootstrap=B, seed=seed)
+            flagged_equal += bool(out["pairs"][0]["same_gain_different_tax"])
+        numbers["d"] = {"tax_difference": tax_diff, "flagged_different": flagged_diff / n_d, "flagged_equal": flagged_equal / n_d}
+        print("\n(d) two interventions, one baseline, equal gains (0.25): 'same gain, different tax' flagged")
+        print(f"    tax difference {tax_diff:.3f} (drifts x1.5): {rate(flagged_diff, n_d)}  (goal >= 0.80)")
+        print(f"    equal taxes:                      {rate(flagged_equal, n_d)}  (goal <= 0.05)")
 
     # (e) crossed design
-    n_e = max(100, N // 2)
-    cov_e = {"scene": 0, "country": 0, "two_way": 0}
-    for seed in range(n_e):
-        cols, ratings = simulate(np.random.default_rng(50_000 + seed), 132, {"arm": base}, countries=12, domains=11,
-                                 country_sd=0.04, domain_sd=0.04)
-        for unit in cov_e:
-            r = compute_vat(*ratings["arm"], **cols, target_value=TARGET, n_bootstrap=min(B, 500), seed=seed,
-                            resample=unit, n_sign_flips=0, **quiet)
-            cov_e[unit] += sum(r["ci"]["drift"][v][0] <= base.get(v, 0.0) <= r["ci"]["drift"][v][1] for v in values())
-    numbers["e"] = {u: k / (10 * n_e) for u, k in cov_e.items()}
-    print("\n(e) 12 countries x 11 topics (132 scenes), country and topic effects sd 0.04: drift coverage (10 values)")
-    for unit, k in cov_e.items():
-        print(f"    resampling {unit:<8} {rate(k, 10 * n_e)}")
+    if "e" in args.only:
+        n_e = max(100, N // 2)
+        cov_e = {"scene": 0, "country": 0, "two_way": 0}
+        for seed in range(n_e):
+            cols, ratings = simulate(np.random.default_rng(50_000 + seed), 132, {"arm": base}, countries=12, domains=11,
+                                     country_sd=0.04, domain_sd=0.04)
+            for unit in cov_e:
+                r = compute_vat(*ratings["arm"], **cols, target_value=TARGET, n_bootstrap=min(B, 500), seed=seed,
+                                resample=unit, n_sign_flips=0, **quiet)
+                cov_e[unit] += sum(r["ci"]["drift"][v][0] <= base.get(v, 0.0) <= r["ci"]["drift"][v][1] for v in values())
+        numbers["e"] = {u: k / (10 * n_e) for u, k in cov_e.items()}
+        print("\n(e) 12 countries x 11 topics (132 scenes), country and topic effects sd 0.04: drift coverage (10 values)")
+        for unit, k in cov_e.items():
+            print(f"    resampling {unit:<8} {rate(k, 10 * n_e)}")
 
     wall = time.perf_counter() - t_start
     numbers["wall_s"] = wall

@@ -241,7 +241,9 @@ def summary_items(metric: Mapping[str, Any], digits: int = DIGITS) -> List[Tuple
     items.append(("circumplex consistency", circumplex_text(metric, digits)))
     split = metric.get("split_half")
     if split:
-        halves = ", ".join(f"{k} {v} per half" for k, v in (split.get("n_units_per_half") or {}).items())
+        plural = {"scene": "scenes", "country": "countries", "domain": "topics"}
+        halves = " x ".join(f"{v} {plural.get(k, k)}" for k, v in (split.get("n_units_per_half") or {}).items())
+        halves += " per half"
         text = agreement_text(split, f"{split['n_splits']} disjoint halves, {halves}")
         if text:
             items.append(("split-half agreement", text))
