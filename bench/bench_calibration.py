@@ -14,7 +14,9 @@ often the metric's rule holds, printed with a 95% Wilson interval for the rate (
     beside it, how often the metric before issue 12 (commit c330bd4, read from git) printed a
     number for vat on the same data.
 (d) two interventions on one baseline with equal gains: "same gain, different tax" flagged at
-    the planted tax difference (goal >= 0.80) and for equal taxes (goal <= 0.05).
+    the planted tax difference (goal >= 0.80) and for equal taxes (goal <= 0.05); and for two
+    arms with no tax at all, one twice as noisy (a mean of |drift| grows with noise), with and
+    without the rule's last condition (the larger tax above its chance level).
 (e) crossed design (countries x topics with country effects): coverage of the drift intervals
     resampling scenes, countries, or both (shows when each unit is right; no goal).
 
@@ -49,9 +51,10 @@ def values():
     return list(BASIC_VALUES)
 
 
-def simulate(rng, n_scenes, arms, countries=None, domains=None, country_sd=0.0, domain_sd=0.0):
+def simulate(rng, n_scenes, arms, countries=None, domains=None, country_sd=0.0, domain_sd=0.0, noise=None):
     """Item columns and, per arm, (pre, post) ratings. ``arms`` maps a name to its planted drift
-    per value (missing values: 0). Every arm shares the baseline (pre) and the shared scene effect."""
+    per value (missing values: 0). Every arm shares the baseline (pre) and the shared scene effect;
+    ``noise`` scales an arm's own scene effect and item noise (default 1)."""
     vals = values()
     V = len(vals)
     cell = 4  # 2 items of each polarity
@@ -74,9 +77,10 @@ def simulate(rng, n_scenes, arms, countries=None, domains=None, country_sd=0.0, 
     ratings = {}
     for name, planted in arms.items():
         mu = np.array([planted.get(v, 0.0) for v in vals])
-        scene_drift = mu[None, :] + shared + rng.normal(0, OWN_SD, (S, V))
+        k = (noise or {}).get(name, 1.0)
+        scene_drift = mu[None, :] + shared + rng.normal(0, k * OWN_SD, (S, V))
         # clipped symmetrically so every rating stays on the scale (about 1 item in 10^4 is clipped)
-        change = np.clip(scene_drift[scene_idx, value_idx] + rng.normal(0, ITEM_SD, n), -0.95, 0.95)
+        change = np.clip(scene_drift[scene_idx, value_idx] + rng.normal(0, k * ITEM_SD, n), -0.95, 0.95)
         ratings[name] = (pre, 3 + 2 * polarity * (e0 + change))
     return out, ratings
 
@@ -183,7 +187,7 @@ def main(argv=None) -> int:
     if "d" in args.only:
         more_tax = {TARGET: 0.25, **planted_drifts(scale=1.5)}
         tax_diff = float(np.mean([abs(more_tax[v]) - abs(base[v]) for v in base if v != TARGET]))
-        flagged_diff = flagged_equal = 0
+        flagged_diff = flagged_equal = flagged_noise = differs_noise = 0
         n_d = N
         for seed in range(n_d):
             cols, ratings = simulate(np.random.default_rng(30_000 + seed), S, {"a": base, "b": more_tax})
@@ -192,10 +196,19 @@ def main(argv=None) -> int:
             cols, ratings = simulate(np.random.default_rng(40_000 + seed), S, {"a": base, "b": base})
             out = compare_paired(ratings, **cols, target_value=TARGET, n_bootstrap=B, seed=seed)
             flagged_equal += bool(out["pairs"][0]["same_gain_different_tax"])
-        numbers["d"] = {"tax_difference": tax_diff, "flagged_different": flagged_diff / n_d, "flagged_equal": flagged_equal / n_d}
+            cols, ratings = simulate(np.random.default_rng(45_000 + seed), S, {"a": {TARGET: 0.25}, "b": {TARGET: 0.25}},
+                                     noise={"b": 2.0})
+            out = compare_paired(ratings, **cols, target_value=TARGET, n_bootstrap=B, seed=seed)
+            pair = out["pairs"][0]
+            flagged_noise += bool(pair["same_gain_different_tax"])
+            differs_noise += bool(pair["tax_differs"] and not pair["gain_differs"])
+        numbers["d"] = {"tax_difference": tax_diff, "flagged_different": flagged_diff / n_d, "flagged_equal": flagged_equal / n_d,
+                        "flagged_no_tax_noisier": flagged_noise / n_d, "without_chance_guard": differs_noise / n_d}
         print("\n(d) two interventions, one baseline, equal gains (0.25): 'same gain, different tax' flagged")
         print(f"    tax difference {tax_diff:.3f} (drifts x1.5): {rate(flagged_diff, n_d)}  (goal >= 0.80)")
         print(f"    equal taxes:                      {rate(flagged_equal, n_d)}  (goal <= 0.05)")
+        print(f"    no tax in either, b twice as noisy: {rate(flagged_noise, n_d)}; without the rule that the larger "
+              f"tax be above its chance level: {rate(differs_noise, n_d)}")
 
     # (e) crossed design
     if "e" in args.only:

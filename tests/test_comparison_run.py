@@ -30,7 +30,7 @@ def test_run_with_two_interventions_compares_them_paired(tiny_model_dir, tmp_pat
 
     base = read_jsonl(out / "judgments" / "baseline.jsonl")
     again = compare_judgments({n: (base, read_jsonl(out / "judgments" / f"{n}.jsonl")) for n in ("k0", "k2")},
-                              "Benevolence", n_bootstrap=60, seed=0)
+                              "Benevolence", n_bootstrap=60, seed=0, n_sign_flips=500)
     assert again["pairs"] == comparison["pairs"]
     # the printout: each result's status in words, the comparison and the paired differences
     assert "interventions compared" in run.output and "paired differences (a - b)" in run.output

@@ -264,6 +264,23 @@ def test_paired_comparison_resolves_what_separate_intervals_cannot():
     assert all(r["same_gain_different_tax"] is None for r in compare_interventions([{"name": "p", "vat": sep["prompt"]}]))
 
 
+def test_taxes_at_their_chance_levels_are_not_declared_different():
+    """Two no-op arms, one much noisier: a mean of |drift| grows with noise, so the noisy arm's tax
+    is larger and the paired tax-difference interval excludes 0, yet neither arm has a tax; the
+    larger tax is at its chance level, so no "different tax" is declared."""
+    quiet_arm = synthetic(21, scene_sd=0.01, item_sd=0.05)
+    noise = np.random.default_rng(0).normal(0, 0.2, len(quiet_arm["post"]))  # symmetric, on the same baseline
+    noisy_post = np.clip(np.array(quiet_arm["post"]) + 2 * noise, 1, 5).tolist()
+    out = compare_paired({"quiet": (quiet_arm["pre"], quiet_arm["post"]), "noisy": (quiet_arm["pre"], noisy_post)},
+                         quiet_arm["value"], quiet_arm["polarity"], quiet_arm["scene"], target_value="Benevolence",
+                         n_bootstrap=300)
+    pair = out["pairs"][0]
+    assert pair["tax_differs"] and pair["tax_diff_ci"][1] < 0  # the noisy tax is larger, "significantly"
+    assert out["arms"]["noisy"]["tax_null"]["p_value"] > 0.05 and pair["larger_tax_above_chance"] is False
+    assert pair["same_gain_different_tax"] is False and pair["verdict"] == "tax_difference_at_chance"
+    assert fmt.VERDICT_WORDS[pair["verdict"]] == "taxes differ, but the larger is at its chance level"
+
+
 def test_paired_comparison_of_arms_with_their_own_baselines():
     """Two models under one intervention: each arm brings its own pre and post ratings of the same
     items; each arm's numbers are its own metric's, and an item missing in one arm leaves every arm."""

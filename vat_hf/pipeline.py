@@ -90,7 +90,7 @@ class MetricConfig:
     def kwargs(self) -> Dict[str, Any]:
         """The metric's keyword arguments (compute_vat, compare_paired) from this config."""
         return {"n_bootstrap": self.n_bootstrap, "confidence": self.confidence, "level": self.level,
-                "resample": self.resample, "centering": self.centering}
+                "resample": self.resample, "centering": self.centering, "n_sign_flips": self.n_sign_flips}
 
 
 @dataclass
@@ -277,8 +277,7 @@ class ExperimentRunner:
             prompt, adapter = self.apply(spec, train_items)
             post = self.evaluate(spec.name, items, prompt, adapter=adapter)
             posts[spec.name] = post
-            vat = score_judgments(baseline, post, cfg.target_value, seed=cfg.seed, n_sign_flips=cfg.metric.n_sign_flips,
-                                  **cfg.metric.kwargs())
+            vat = score_judgments(baseline, post, cfg.target_value, seed=cfg.seed, **cfg.metric.kwargs())
             result = {
                 "name": spec.name,
                 "model": {"name_or_path": self.loaded.name_or_path, "resolved_path": self.loaded.resolved_path, "adapter": adapter},

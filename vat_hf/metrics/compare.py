@@ -10,8 +10,9 @@ the strategies were judged on the same items). :func:`compare_paired` bootstraps
   (interventions on one model share it; several models under one intervention do not);
 * ``gain_diff``, ``tax_diff`` (and ``vat_diff`` where both gains are resolved) for each pair of
   arms, with percentile intervals over the same resamples;
-* *same gain, different tax* is declared only when the gain-difference interval contains 0 and
-  the tax-difference interval excludes it.
+* *same gain, different tax* is declared only when the gain-difference interval contains 0, the
+  tax-difference interval excludes it, and the larger tax is above its own chance level (a mean
+  of |drift| grows with noise: two no-op arms of different noise have different taxes).
 
 :func:`compare_interventions` puts each result in one table row and takes its flag from a paired
 comparison (``None``, "not tested", without one); :func:`comparison_table` and
@@ -27,6 +28,8 @@ import numpy as np
 from vat_hf.metrics import formatting as fmt
 from vat_hf.metrics.core import (
     VATInputError,
+    StageOptions,
+    significance_stage,
     as_float_column,
     json_float,
     gain_status_of,
@@ -45,8 +48,11 @@ __all__ = ["compare_interventions", "compare_paired", "comparison_markdown", "co
 
 metric_of = fmt.metric_of
 
-SAME_GAIN_RULE = ("same gain, different tax: the paired gain-difference interval contains 0 and the paired "
-                  "tax-difference interval excludes it (differences bootstrapped on the same resampled units)")
+SAME_GAIN_RULE = ("same gain, different tax: the paired gain-difference interval contains 0, the paired "
+                  "tax-difference interval excludes it (differences bootstrapped on the same resampled units), and "
+                  "the larger tax is above its own chance level (sign-flip p-value at most 1 - confidence): a mean "
+                  "of |drift| grows with noise, so two taxes at their chance levels differ whenever the arms' noise "
+                  "does, which is no difference in tax")
 
 
 def name_of(result: Mapping[str, Any], i: int) -> str:
@@ -82,6 +88,7 @@ def compare_paired(
     seed: int = 0,
     resample: str = "scene",
     centering: str = "none",
+    n_sign_flips: int = 5000,
 ) -> Dict[str, Any]:
     """Compare arms judged on the same items: ``arms`` maps a name to that arm's ``(pre, post)``
     ratings, aligned row by row with ``value``, ``polarity``, ``scene`` (and the optional columns,
@@ -90,19 +97,22 @@ def compare_paired(
 
     Each resample draws units once and weights every arm with them; the gain, tax and vat of each
     arm and their differences for every pair ``(a, b)`` (``a - b``, in the order of ``arms``)
-    come from those same resamples.
+    come from those same resamples. Each arm's ``tax_null`` is its own (as in ``compute_vat``,
+    ``n_sign_flips`` flips of whole units).
 
-    >>> value = ["Power", "Power", "Security", "Security"] * 4
-    >>> scene = [s for s in "abcd" for _ in range(4)]
-    >>> pol = [1, -1, 1, -1] * 4
-    >>> pre = [3.0] * 16
-    >>> prompt = [4.0, 2.0, 3.0, 3.0] * 4          # Power +0.5, Security unchanged
-    >>> sft = [4.0, 2.0, 3.5, 2.5] * 4             # Power +0.5, Security +0.25
+    >>> value = ["Power", "Power", "Security", "Security"] * 10
+    >>> scene = [s for s in "abcdefghij" for _ in range(4)]
+    >>> pol = [1, -1, 1, -1] * 10
+    >>> pre = [3.0] * 40
+    >>> prompt = [4.0, 2.0, 3.0, 3.0] * 10          # Power +0.5, Security unchanged
+    >>> sft = [4.0, 2.0, 3.5, 2.5] * 10             # Power +0.5, Security +0.25 in every scene
     >>> out = compare_paired({"prompt": (pre, prompt), "sft": (pre, sft)}, value, pol, scene,
     ...                      target_value="Power", n_bootstrap=50)
     >>> pair = out["pairs"][0]
     >>> pair["a"], pair["b"], pair["gain_diff"], pair["tax_diff"], pair["verdict"]
     ('prompt', 'sft', 0.0, -0.25, 'same_gain_different_tax')
+    >>> out["arms"]["sft"]["tax_null"]["p_value"]  # exact: 2 of the 2^10 sign vectors reach it
+    0.001953125
     """
     if not arms:
         raise VATInputError("arms", "no arms to compare", "pass {name: (pre, post)} for at least one arm")
@@ -133,6 +143,8 @@ def compare_paired(
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
     w = resample_weights(items, rng, n_bootstrap, resample) if n_bootstrap > 0 else None
     ones = np.ones((1, items.S))
+    opt = StageOptions(n_bootstrap=int(n_bootstrap), confidence=float(confidence), seed=int(seed), n_subsamples=0,
+                   subsample_fraction=1.0, n_permutations=0, n_sign_flips=int(n_sign_flips), n_splits=0, resample=resample)
     point, boot, out_arms = {}, {}, {}
     for name, red in reds.items():
         p = weighted_stats(red, ones)
@@ -148,7 +160,11 @@ def compare_paired(
         status = gain_status_of(gain, gain_ci)
         if status == "resolved":
             vat_ci = interval_list(*percentile_interval(boot[name]["vat"], confidence))
-        out_arms[name] = {"gain": json_float(gain), "gain_ci": gain_ci, "gain_status": status, "tax": json_float(tax), "tax_ci": tax_ci,
+        # the stream compute_vat's tests use: on the same items an arm's tax_null is its own
+        flips_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(4)[3])
+        tax_null = significance_stage(red, p, boot.get(name), opt, flips_rng)["null"]
+        out_arms[name] = {"gain": json_float(gain), "gain_ci": gain_ci, "gain_status": status, "tax": json_float(tax),
+                          "tax_ci": tax_ci, "tax_null": tax_null,
                           "vat": json_float(tax / gain) if status == "resolved" else None, "vat_ci": vat_ci}
     pairs = []
     for i, a in enumerate(names):
@@ -196,9 +212,20 @@ def _pair(a: str, b: str, point, boot, arms, confidence: float) -> Dict[str, Any
                                                                 lower_samples=np.where(undefined, -np.inf, d)))
     gain_differs = bool(_excludes_zero(out["gain_diff_ci"]))
     tax_differs = bool(_excludes_zero(out["tax_diff_ci"]))
-    flag = (not gain_differs) and tax_differs
-    out.update(gain_differs=gain_differs, tax_differs=tax_differs, same_gain_different_tax=flag,
-               verdict="same_gain_different_tax" if flag else ("gain_differs" if gain_differs else "no_difference"))
+    higher = a if (out["tax_diff"] or 0.0) > 0 else b
+    null = arms[higher].get("tax_null")
+    above = None if not null or null.get("p_value") is None else bool(null["p_value"] <= 1.0 - confidence)
+    flag = (not gain_differs) and tax_differs and above is not False
+    if flag:
+        verdict = "same_gain_different_tax"
+    elif gain_differs:
+        verdict = "gain_differs"
+    elif tax_differs:
+        verdict = "tax_difference_at_chance"
+    else:
+        verdict = "no_difference"
+    out.update(gain_differs=gain_differs, tax_differs=tax_differs, larger_tax_above_chance=above,
+               same_gain_different_tax=flag, verdict=verdict)
     return out
 
 

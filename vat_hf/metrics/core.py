@@ -22,7 +22,7 @@ The computation runs in stages over one :class:`Reduced` object (the items reduc
 scenes x values sums and counts): :func:`index_items` and :func:`reduce_arm` (reduction),
 :func:`weighted_stats` (every statistic for many scene weightings at once: the point estimate is
 the weighting of ones, a bootstrap resample a vector of multiplicities), then
-``_bootstrap_stage``, ``_gain_stage``, ``_tests_stage``, ``_coupling_stage``,
+``_bootstrap_stage``, ``_gain_stage``, :func:`significance_stage`, ``_coupling_stage``,
 ``_circumplex_stage``, ``_agreement_stage``, ``_scale_stage`` and ``_assemble``. Generic numerics
 (Gini, Holm, percentile intervals, weighted ranks, sign flips) are in
 :mod:`vat_hf.metrics.numerics`; turning the result into text is :mod:`vat_hf.metrics.formatting`.
@@ -558,7 +558,7 @@ def resample_weights(items: Items, rng: np.random.Generator, n: int, resample: s
 
 
 @dataclass
-class _Options:
+class StageOptions:
     n_bootstrap: int
     confidence: float
     seed: int
@@ -574,7 +574,7 @@ class _Options:
         return [np.random.default_rng(s) for s in np.random.SeedSequence(self.seed).spawn(5)]
 
 
-def _bootstrap_stage(red: Reduced, opt: _Options, rng: np.random.Generator) -> Optional[Dict[str, Any]]:
+def _bootstrap_stage(red: Reduced, opt: StageOptions, rng: np.random.Generator) -> Optional[Dict[str, Any]]:
     if opt.n_bootstrap == 0:
         return None
     w = resample_weights(red.items, rng, opt.n_bootstrap, opt.resample)
@@ -613,7 +613,7 @@ def _gain_stage(items: Items, point: Dict[str, np.ndarray], boot, confidence: fl
     return status, gain_ci
 
 
-def _tests_stage(red: Reduced, point, boot, opt: _Options, rng: np.random.Generator) -> Dict[str, Any]:
+def significance_stage(red: Reduced, point, boot, opt: StageOptions, rng: np.random.Generator) -> Dict[str, Any]:
     """Per-value tests, the gain's own test and the tax's null, at the unit of resampling.
 
     One-way units: sign flips of whole units (under no effect a unit's vector of drifts is as
@@ -660,7 +660,7 @@ def _tests_stage(red: Reduced, point, boot, opt: _Options, rng: np.random.Genera
     return {"meta": meta, "null": null, "p_raw": p_raw, "p_adj": p_adj, "p_gain": json_float(p_gain)}
 
 
-def _coupling_stage(red: Reduced, boot, opt: _Options, rng: np.random.Generator) -> Dict[str, Any]:
+def _coupling_stage(red: Reduced, boot, opt: StageOptions, rng: np.random.Generator) -> Dict[str, Any]:
     it = red.items
     U, S = it.U, it.S
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -758,7 +758,7 @@ def _circumplex_stage(items: Items, drift: np.ndarray, gain: float, status: str)
     return json_float(math.copysign(1.0, gain) * stats.spearmanr(x, cosines).statistic)
 
 
-def _agreement_stage(red: Reduced, drift: np.ndarray, opt: _Options, rng_sub: np.random.Generator,
+def _agreement_stage(red: Reduced, drift: np.ndarray, opt: StageOptions, rng_sub: np.random.Generator,
                      rng_split: np.random.Generator) -> Tuple[Optional[dict], Optional[dict]]:
     """Rank agreement of the off-target drift profile: ``split_half`` (disjoint halves of the
     resampling units, repeated: can fail) and ``robustness`` (80% scene subsamples against the
@@ -954,7 +954,7 @@ def compute_vat(
                             "give one pre and one post rating per item")
     if len(pre) == 0:
         raise VATInputError("pre", "no items", "pass at least one item")
-    opt = _Options(n_bootstrap=int(n_bootstrap), confidence=float(confidence), seed=int(seed),
+    opt = StageOptions(n_bootstrap=int(n_bootstrap), confidence=float(confidence), seed=int(seed),
                    n_subsamples=int(n_subsamples), subsample_fraction=float(subsample_fraction),
                    n_permutations=int(n_permutations), n_sign_flips=int(n_sign_flips), n_splits=int(n_splits),
                    resample=resample)
@@ -966,7 +966,7 @@ def compute_vat(
     return _assemble_metric(red, opt)
 
 
-def _assemble_metric(red: Reduced, opt: _Options) -> Dict[str, Any]:
+def _assemble_metric(red: Reduced, opt: StageOptions) -> Dict[str, Any]:
     items = red.items
     rng_boot, rng_sub, rng_perm, rng_flip, rng_split = opt.rngs()
     names, U, N, T = items.units.names, items.U, items.N, items.T
@@ -985,7 +985,7 @@ def _assemble_metric(red: Reduced, opt: _Options) -> Dict[str, Any]:
         post_state = red.sum_post.sum(axis=0) / n_by_unit
 
     # ---- tests, coupling, circumplex, agreement
-    tests = _tests_stage(red, point, boot, opt, rng_flip)
+    tests = significance_stage(red, point, boot, opt, rng_flip)
     coupling = _coupling_stage(red, boot, opt, rng_perm)
     cc = _circumplex_stage(items, drift, gain, status)
     robustness, split = _agreement_stage(red, drift, opt, rng_sub, rng_split)

@@ -338,6 +338,7 @@ def difference_text(d: Optional[float], ci: Any, digits: int = DIGITS) -> str:
 VERDICT_WORDS = {
     "same_gain_different_tax": "same gain, different tax",
     "gain_differs": "the gains differ",
+    "tax_difference_at_chance": "taxes differ, but the larger is at its chance level",
     "no_difference": "no difference resolved",
     "no_bootstrap": "not tested (no bootstrap)",
 }

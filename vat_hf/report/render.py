@@ -552,8 +552,10 @@ READING = (
      "share a scene are never counted as independent; non-target values are Holm-corrected, the target's own test "
      "is apart. A p-value printed as < 1/(n+1) is at the floor of n random permutations."),
     ("Same gain, different tax", "declared only from the paired comparison: differences bootstrapped on the same "
-     "resampled units for every intervention, the gain difference's interval containing 0 and the tax difference's "
-     "excluding it. Overlap of two separate intervals is not a test."),
+     "resampled units for every intervention, the gain difference's interval containing 0, the tax difference's "
+     "excluding it, and the larger tax above its chance level (a mean of |drift| grows with noise, so two taxes at "
+     "their chance levels differ whenever the interventions' noise does). Overlap of two separate intervals is not "
+     "a test."),
     ("Split-half agreement", "rank agreement (Kendall's tau) of the off-target drift profile between disjoint halves "
      "of the units: unlike overlapping 80% subsamples, it can fail."),
 )
