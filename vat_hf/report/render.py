@@ -395,7 +395,7 @@ def plot_gain_tax(results: Sequence[Dict[str, Any]]) -> Figure:
     fig = Figure(figsize=(7.4, 5.6))
     ax = fig.add_subplot()
     gains, taxes = [0.0], [0.0]
-    unresolved = []
+    unresolved, ticks = [], []
     for k, r in enumerate(results):
         m = metric_of(r)
         g, t = m.get("gain"), m.get("tax")
@@ -422,13 +422,17 @@ def plot_gain_tax(results: Sequence[Dict[str, Any]]) -> Figure:
             taxes += list(tci)
         null = m.get("tax_null") or {}
         if null.get("mean") is not None:
-            ax.hlines(null["mean"], g - 0.01, g + 0.01, color=color, linestyle=":", linewidth=1.6, gid=f"tax-chance-{k}")
+            ticks.append((k, g, null["mean"], color))
         gains.append(g)
         taxes.append(t)
         ax.annotate(label, (g, t), textcoords="offset points", xytext=(7, 6), fontsize=8)
     lo_g, hi_g = min(gains), max(gains)
     span = max(hi_g - lo_g, 0.02)
     ax.set_xlim(lo_g - 0.25 * span, hi_g + 0.35 * span)
+    for k, g, level, color in ticks:  # each tax's level by chance, a short dotted tick under its point
+        ax.hlines(level, g - 0.04 * span, g + 0.04 * span, color=color, linestyle=":", linewidth=1.6,
+                  gid=f"tax-chance-{k}")
+        taxes.append(level)
     top = max(max(taxes) * 1.3, 0.01)
     ax.set_ylim(0, top)
     x_right = ax.get_xlim()[1]
