@@ -37,6 +37,7 @@ from vat_hf.metrics.core import (
     resample_weights,
     unit_words,
     index_items,
+    issue_warnings,
     reduce_arm,
     weighted_stats,
     check_choices,
@@ -170,6 +171,7 @@ def compare_paired(
     for i, a in enumerate(names):
         for b_name in names[i + 1:]:
             pairs.append(_pair(a, b_name, point, boot, out_arms, confidence))
+    issue_warnings(items.warnings)
     return {
         "kind": "vat_paired_comparison",
         "target_value": items.units.target,

@@ -324,8 +324,14 @@ class Items:
 
 
 def _warn(items: "Items", message: str) -> None:
+    """Record a warning; :func:`compute_vat` issues them as ``VATWarning`` at the caller's line
+    and keeps them in the result (``warnings``)."""
     items.warnings.append(message)
-    warnings.warn(message, VATWarning, stacklevel=4)
+
+
+def issue_warnings(messages: Sequence[str]) -> None:
+    for message in messages:
+        warnings.warn(message, VATWarning, stacklevel=3)
 
 
 def index_items(value, polarity, scene, *, target_value: str, keep: np.ndarray, micro_value=None, country=None,
@@ -963,7 +969,9 @@ def compute_vat(
     items = index_items(value, polarity, scene, target_value=target_value, keep=~(np.isnan(pre) | np.isnan(post)),
                         micro_value=micro_value, country=country, domain=domain, level=level, resample=resample)
     red = reduce_arm(items, pre, post, scale_min=scale_min, scale_max=scale_max, centering=centering)
-    return _assemble_metric(red, opt)
+    result = _assemble_metric(red, opt)
+    issue_warnings(result["warnings"])
+    return result
 
 
 def _assemble_metric(red: Reduced, opt: StageOptions) -> Dict[str, Any]:
