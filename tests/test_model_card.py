@@ -5,6 +5,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from vat_hf.train.card import add_vat_result, read_training_info, write_model_card
+from vat_hf.metrics import formatting as fmt
 
 INFO = {
     "method": "dpo", "name": "dpo-lora", "target_value": "Benevolence", "base_model": "SmolLM2-135M-Instruct",
@@ -51,7 +52,7 @@ def test_a_resolved_gain_gives_gain_tax_and_vat_entries(tmp_path):
 def test_an_unresolved_gain_gives_no_vat_entry_and_says_why(tmp_path, status):
     card = card_of(tmp_path, metric(gain_status=status, vat=None, tax=0.1))
     assert set(by_metric(card)) == {"gain", "tax"}
-    assert "not reported as a number" in card.text and f"`{status}`" in card.text
+    assert "not reported as a number" in card.text and fmt.gain_status_words(status) in card.text
 
 
 def test_a_result_without_gain_status_is_read_by_its_vat(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from matplotlib.container import BarContainer
 
-from vat_hf.metrics import VATWarning, compare_interventions, compute_vat
+from vat_hf.metrics import VATWarning, compare_interventions, compare_paired, compute_vat
 from vat_hf.report import (
     load_results,
     markdown_table,
@@ -23,7 +23,7 @@ from vat_hf.values import BASIC_VALUES, MICRO_VALUES
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def simulate(seed, target_shift, side, n_scenes=16, n_bootstrap=100, micro=False):
+def simulate(seed, target_shift, side, n_scenes=16, n_bootstrap=100, micro=False, columns=False):
     rng = np.random.default_rng(seed)
     base = np.random.default_rng(0)  # the same baseline for every intervention
     cols = {k: [] for k in ("pre", "post", "value", "polarity", "scene", "micro_value")}
@@ -40,6 +40,8 @@ def simulate(seed, target_shift, side, n_scenes=16, n_bootstrap=100, micro=False
                 cols["micro_value"].append([m for m, b in MICRO_VALUES.items() if b == v][pol > 0])
     if not micro:
         cols.pop("micro_value")
+    if columns:
+        return cols
     return compute_vat(**cols, target_value="Benevolence", n_bootstrap=n_bootstrap, n_subsamples=20,
                        level="micro" if micro else "basic")
 
@@ -64,8 +66,17 @@ def results():
     return [run_result("prompt-k4", simulate(1, 0.25, 0.02)), run_result("sft lora", simulate(2, 0.3, 0.12))]
 
 
-def test_write_report_files(results, tmp_path):
-    paths = write_report(results, tmp_path / "report", title="Toward Benevolence")
+@pytest.fixture(scope="module")
+def comparison():
+    """The two interventions of ``results`` compared on their shared items and baseline."""
+    a, b = simulate(1, 0.25, 0.02, columns=True), simulate(2, 0.3, 0.12, columns=True)
+    assert a["pre"] == b["pre"]  # one baseline
+    return compare_paired({"prompt-k4": (a["pre"], a["post"]), "sft lora": (b["pre"], b["post"])}, a["value"],
+                          a["polarity"], a["scene"], target_value="Benevolence", n_bootstrap=100)
+
+
+def test_write_report_files(results, comparison, tmp_path):
+    paths = write_report(results, tmp_path / "report", title="Toward Benevolence", comparison=comparison)
     expected = {"markdown", "html", "radar", "gain_tax", "drift_prompt-k4", "coupling_prompt-k4",
                 "drift_sft-lora", "coupling_sft-lora"}
     assert set(paths) == expected
@@ -86,23 +97,36 @@ def test_write_report_files(results, tmp_path):
     assert html.count('src="data:image/png;base64,') == n_png  # self-contained
     assert not re.search(r'src="(?!data:)', html) and "<link" not in html
     assert html.count('<tr class="target">') == 2 and "Toward Benevolence" in html
-    flagged = [r for r in compare_interventions(results) if r["same_gain_different_tax"]]
-    assert html.count('<tr class="flag">') == len(flagged)
-    # the numbers in the tables are the metric's
+    pair = comparison["pairs"][0]
+    flagged = [r for r in compare_interventions(results, comparison) if r["same_gain_different_tax"]]
+    assert len(flagged) == (2 if pair["same_gain_different_tax"] else 0)
+    assert html.count('<tr class="flag">') == len(flagged) + bool(pair["same_gain_different_tax"])
+    # the numbers in the tables are the metric's, with the gain's status in words
     m = results[1]["vat"]
-    assert f"gain **{m['gain']:+.3f} [{m['ci']['gain'][0]:.3f}, {m['ci']['gain'][1]:.3f}]**" in md
+    assert m["gain_status"] == "resolved"
+    g = m["ci"]["gain"]
+    assert f"gain **{m['gain']:+.3f} [{g[0]:+.3f}, {g[1]:+.3f}], resolved**" in md
     assert f"vat {m['vat']:.3f}" in md and f"{m['vat']:.3f}" in html
+    assert f"tax {m['tax']:.3f} [{m['ci']['tax'][0]:.3f}, {m['ci']['tax'][1]:.3f}] (chance {m['tax_null']['mean']:.3f}" in md
+    # the paired differences, in both files from the same cells
+    assert f"| prompt-k4 - sft lora | {pair['gain_diff']:+.3f} [" in md
+    assert f"<td>prompt-k4 - sft lora</td><td>{pair['gain_diff']:+.3f} [" in html
+    assert "Reading this report" in md and "Resolved gain" in html
+    # without a paired comparison the flag is "not tested", never guessed from overlapping intervals
+    bare = write_report(results, tmp_path / "bare")["markdown"].read_text()
+    assert "| not tested |" in bare and "Same gain, different tax: not tested" in bare
 
 
 def test_markdown_table_rows(results):
     m = results[0]["vat"]
     table = markdown_table(results[0])
     lines = table.splitlines()
-    assert lines[0].startswith("| value | pre | post | drift [95% CI] | gnd | p (Holm) |")
+    assert lines[0].startswith("| value | pre | post | drift [95% CI] | gnd | p (Holm, scene-level) |")
     rows = lines[2:12]
     assert [r.split("|")[1].strip().strip("*").replace(" (target)", "") for r in rows] == list(BASIC_VALUES)
     bene = rows[BASIC_VALUES.index("Benevolence")]
     assert bene.startswith("| **Benevolence (target)** | **") and f"**{m['drift']['Benevolence']:+.3f} [" in bene
+    assert "(own test)" in bene  # the target's test is apart from the Holm family
     power = rows[BASIC_VALUES.index("Power")]
     assert f"| {m['pre_state']['Power']:+.3f} | {m['post_state']['Power']:+.3f} | {m['drift']['Power']:+.3f} [" in power
     assert f"| {m['gnd']['Power']:+.3f} |" in power
@@ -148,12 +172,19 @@ def test_gain_tax_plane_points_and_error_bars(results):
     ax = plot_gain_tax(results).axes[0]
     for k, r in enumerate(results):
         m = r["vat"]
-        assert _by_gid(ax, f"point-{k}").get_xydata()[0] == pytest.approx([m["gain"], m["vat"]])
+        point = _by_gid(ax, f"point-{k}")
+        assert point.get_xydata()[0] == pytest.approx([m["gain"], m["tax"]]) and point.get_marker() == "o"
         (a, b), = _by_gid(ax, f"gain-ci-{k}").get_segments()
-        assert (a[1], b[1]) == pytest.approx((m["vat"], m["vat"])) and [a[0], b[0]] == pytest.approx(m["ci"]["gain"])
-        (a, b), = _by_gid(ax, f"vat-ci-{k}").get_segments()
-        assert (a[0], b[0]) == pytest.approx((m["gain"], m["gain"])) and [a[1], b[1]] == pytest.approx(m["ci"]["vat"])
-    assert [t.get_text() for t in ax.texts] == ["prompt-k4", "sft lora"]
+        assert (a[1], b[1]) == pytest.approx((m["tax"], m["tax"])) and [a[0], b[0]] == pytest.approx(m["ci"]["gain"])
+        (a, b), = _by_gid(ax, f"tax-ci-{k}").get_segments()
+        assert (a[0], b[0]) == pytest.approx((m["gain"], m["gain"])) and [a[1], b[1]] == pytest.approx(m["ci"]["tax"])
+        (a, _), = _by_gid(ax, f"tax-chance-{k}").get_segments()
+        assert a[1] == pytest.approx(m["tax_null"]["mean"])
+    labels = [t.get_text() for t in ax.texts]
+    assert labels[:2] == [f"prompt-k4: vat {results[0]['vat']['vat']:.3f}", f"sft lora: vat {results[1]['vat']['vat']:.3f}"]
+    # lines of equal vat through the origin: tax = vat * gain
+    (x0, y0), (x1, y1) = _by_gid(ax, "iso-vat-0.5").get_xydata()
+    assert (x0, y0) == (0, 0) and y1 == pytest.approx(0.5 * x1)
 
 
 def test_radar_draws_pre_and_every_post_state(results):
@@ -175,12 +206,18 @@ def test_undefined_vat_and_no_bootstrap_still_render(tmp_path):
     paths = write_report([run_result("flat", flat), {"name": "nob", "vat": nob}], tmp_path)
     assert paths["gain_tax"].stat().st_size > 10_000
     ax = plot_gain_tax([run_result("flat", flat), run_result("nob", nob)]).axes[0]
-    assert _by_gid(ax, "point-0") is None  # flat: vat undefined, not drawn
-    assert _by_gid(ax, "point-1").get_xydata()[0] == pytest.approx([nob["gain"], nob["vat"]])
-    assert _by_gid(ax, "gain-ci-1") is None and _by_gid(ax, "vat-ci-1") is None  # no bootstrap, no intervals
-    assert "vat undefined (gain ~ 0): flat" in [t.get_text() for t in ax.figure.texts]
+    # both drawn on their tax, as hollow squares: the vat of neither is defined
+    for k, m in enumerate((flat, nob)):
+        point = _by_gid(ax, f"point-{k}")
+        assert point.get_xydata()[0] == pytest.approx([m["gain"], m["tax"]])
+        assert point.get_marker() == "s" and point.get_markerfacecolor() == "white"
+    assert _by_gid(ax, "gain-ci-1") is None and _by_gid(ax, "tax-ci-1") is None  # no bootstrap, no intervals
+    assert "hollow squares: gain not resolved, vat undefined (flat, nob)" in [t.get_text() for t in ax.figure.texts]
     md = paths["markdown"].read_text()
-    assert "| flat | Power | 0.000 | n/a |" in md
+    assert ("| flat | Power | +0.000, not resolved (no bootstrap, n_bootstrap=0) | 0.000 (chance 0.000, p 1.000) | "
+            "undefined: gain not resolved") in md
+    assert f"vat undefined: gain not resolved (no bootstrap, n_bootstrap=0)" in md
+    assert nob["vat"] is None and "- gain +" in md  # the warnings are listed under the result
 
 
 def test_micro_level_report(tmp_path):

@@ -97,7 +97,7 @@ def run(
     max_scenes: Optional[int] = typer.Option(None, help="Override data.max_scenes (a quick run)."),
 ):
     """Run an experiment recipe: baseline, interventions, their evaluations, the metric, a report."""
-    from vat_hf.metrics.compare import compare_interventions, comparison_markdown, name_of
+    from vat_hf.metrics.compare import compare_interventions, comparison_markdown, name_of, paired_markdown
     from vat_hf.pipeline import run_experiment
     from vat_hf.report import markdown_table
 
@@ -107,7 +107,11 @@ def run(
         _print_text(markdown_table(result))
     if len(outcome["results"]) > 1:
         console.rule("interventions compared")
-        _print_text(comparison_markdown(compare_interventions(outcome["results"])))
+        comparison = outcome.get("comparison")
+        _print_text(comparison_markdown(compare_interventions(outcome["results"], comparison)))
+        if comparison and comparison.get("pairs"):
+            _print_text(f"\npaired differences (a - b), {comparison['method']}:\n")
+            _print_text(paired_markdown(comparison))
     for kind, path in outcome["report"].items():
         console.print(f"report {kind}: {path}")
 

@@ -61,6 +61,14 @@ class MetricConfig:
     n_bootstrap: int = 1000
     confidence: float = 0.95
     level: str = "basic"
+    resample: str = "scene"  # unit of resampling: scene, country, domain or two_way
+    centering: str = "none"  # "scene": ipsative centring per scene and state
+    n_sign_flips: int = 5000  # permutations of the sign-flip tests and tax_null
+
+    def kwargs(self) -> Dict[str, Any]:
+        """The metric's keyword arguments (compute_vat, compare_paired) from this config."""
+        return {"n_bootstrap": self.n_bootstrap, "confidence": self.confidence, "level": self.level,
+                "resample": self.resample, "centering": self.centering, "n_sign_flips": self.n_sign_flips}
 
 
 @dataclass
@@ -173,7 +181,7 @@ class ExperimentRunner:
     def run(self) -> Dict[str, Any]:
         from vat_hf.evaluation.results import intervention_result
         from vat_hf.interventions import check_intervention, realise
-        from vat_hf.metrics.paired import score_judgments
+        from vat_hf.metrics.paired import compare_judgments, score_judgments
         from vat_hf.provenance import provenance
 
         cfg = self.config
@@ -189,14 +197,17 @@ class ExperimentRunner:
                 check_intervention(spec, output_dir=self.out / "adapters" / spec.name, **training)
         baseline = self.evaluate("baseline", items, JudgePrompt(name="baseline"))
         results = []
+        pre_records = read_jsonl(baseline["files"]["judgments"])
+        posts: Dict[str, List[Dict]] = {}
+        fingerprints: Dict[str, Any] = {"baseline": baseline["fingerprints"]}
         for spec in cfg.interventions:
             started = time.time()
             prompt, adapter = realise(spec, train_items=train_items, adapters_dir=self.out / "adapters", seed=cfg.seed,
                                       **training)
             post = self.evaluate(spec.name, items, prompt, adapter=adapter)
-            vat = score_judgments(read_jsonl(baseline["files"]["judgments"]), read_jsonl(post["files"]["judgments"]),
-                                  cfg.target_value, n_bootstrap=cfg.metric.n_bootstrap, confidence=cfg.metric.confidence,
-                                  level=cfg.metric.level, seed=cfg.seed)
+            posts[spec.name] = read_jsonl(post["files"]["judgments"])
+            fingerprints[spec.name] = post["fingerprints"]
+            vat = score_judgments(pre_records, posts[spec.name], cfg.target_value, seed=cfg.seed, **cfg.metric.kwargs())
             block = provenance(config=cfg.to_dict(), seed=cfg.seed, data=post["data"],
                                fingerprints={"pre": baseline["fingerprints"], "post": post["fingerprints"]},
                                started=started)
@@ -215,12 +226,23 @@ class ExperimentRunner:
 
                 add_vat_result(adapter, result["vat"], data=result["data"])
             results.append(read_json(path))
+        # The interventions against each other: differences bootstrapped on the same resampled scenes
+        # (every arm here shares the baseline; compare_judgments also takes arms with their own).
+        comparison = None
+        if len(posts) > 1:
+            started = time.time()
+            comparison = compare_judgments({name: (pre_records, post) for name, post in posts.items()}, cfg.target_value,
+                                           seed=cfg.seed, **cfg.metric.kwargs())
+            comparison["provenance"] = provenance(config=cfg.to_dict(), seed=cfg.seed, data=baseline["data"],
+                                                  fingerprints=fingerprints, started=started)
+            write_json(self.out / "comparison.json", comparison)
         report_paths = {}
         if results:
             from vat_hf.report import write_report
 
-            report_paths = write_report(results, self.out / "report", title=f"{cfg.name}: toward {cfg.target_value}")
-        return {"results": results, "report": report_paths, "baseline": baseline["summary"]}
+            report_paths = write_report(results, self.out / "report", title=f"{cfg.name}: toward {cfg.target_value}",
+                                        comparison=comparison)
+        return {"results": results, "report": report_paths, "baseline": baseline["summary"], "comparison": comparison}
 
 
 def run_experiment(config: "ExperimentConfig | str | Path", progress: bool = True, **overrides) -> Dict[str, Any]:

@@ -17,6 +17,7 @@ from vat_hf.report.render import (
     plot_gain_tax,
     plot_radar,
     plot_trajectory,
+    split_comparison,
     write_report,
 )
 
@@ -36,12 +37,14 @@ __all__ = [
 def report_command(results: Sequence[Union[str, Path]], out_dir: Union[str, Path], title: Optional[str] = None,
                    echo=print) -> Dict[str, Path]:
     """``vat-hf report RESULT.json [...] -o DIR``: load the results (files, or folders of result
-    JSON), print each one's table, write the report into ``out_dir`` and print where it went."""
-    loaded = load_results(results)
+    JSON; a paired comparison file among them, or beside a results folder, is used for the
+    comparison), print each one's table, write the report into ``out_dir`` and print where it went."""
+    result_paths, comparison = split_comparison(results)
+    loaded = load_results(result_paths)
     for r in loaded:
         echo(f"\n## {r['name']}\n")
         echo(markdown_table(r))
-    paths = write_report(loaded, out_dir, title=title)
+    paths = write_report(loaded, out_dir, title=title, comparison=comparison)
     echo("")
     for kind in ("markdown", "html"):
         echo(f"report {kind}: {paths[kind]}")

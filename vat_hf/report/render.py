@@ -23,9 +23,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from vat_hf.io import atomic_write, atomic_write_text
-from vat_hf.metrics.compare import compare_interventions, comparison_markdown, metric_of, name_of
+from vat_hf.metrics import formatting as fmt
+from vat_hf.metrics.compare import SAME_GAIN_RULE, compare_interventions, comparison_table, metric_of, name_of, paired_table
 
 __all__ = [
+    "is_comparison",
     "load_results",
     "markdown_table",
     "plot_coupling",
@@ -33,6 +35,7 @@ __all__ = [
     "plot_gain_tax",
     "plot_radar",
     "plot_trajectory",
+    "split_comparison",
     "write_report",
 ]
 
@@ -89,6 +92,36 @@ def load_results(paths: Iterable[PathLike]) -> List[Dict[str, Any]]:
     return out
 
 
+def is_comparison(data: Any) -> bool:
+    """Whether ``data`` is a paired comparison (``compare_paired``'s output), not a result."""
+    return isinstance(data, dict) and data.get("kind") == "vat_paired_comparison"
+
+
+def split_comparison(paths: Iterable[PathLike]) -> Tuple[List[Path], Optional[Dict[str, Any]]]:
+    """``(result paths, paired comparison or None)``: a comparison file given among the paths is
+    taken out; else a ``comparison.json`` in a given folder or beside it (``vat-hf run`` writes
+    ``OUTPUT/comparison.json`` next to ``OUTPUT/results/``) is read."""
+    rest, found = [], None
+    for p in map(Path, paths):
+        if p.is_file() and p.suffix == ".json":
+            try:
+                data = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                data = None
+            if is_comparison(data):
+                found = data
+                continue
+        rest.append(p)
+    if found is None:
+        for p in rest:
+            for candidate in ((p / "comparison.json", p.parent / "comparison.json") if p.is_dir() else ()):
+                if candidate.is_file():
+                    data = json.loads(candidate.read_text(encoding="utf-8"))
+                    if is_comparison(data):
+                        return rest, data
+    return rest, found
+
+
 def _read_result_file(path: Path) -> List[Dict[str, Any]]:
     data = json.loads(path.read_text(encoding="utf-8"))
     items = data if isinstance(data, list) else [data]
@@ -121,108 +154,36 @@ def _slugs(results: Sequence[Dict[str, Any]]) -> List[str]:
 # tables
 
 
-def _num(x: Optional[float], digits: int = 3, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
-
-
-def _iv(ci: Any, digits: int = 3) -> str:
-    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or None in ci:
-        return ""
-    return f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-
-
-def _pval(p: Optional[float]) -> str:
-    if p is None:
-        return "n/a"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def _value_rows(metric: Dict[str, Any], digits: int = 3) -> Tuple[List[str], List[Tuple[bool, List[str]]]]:
-    """Header and rows (is_target, cells) of the per-value table."""
-    ci = metric.get("ci") or {}
-    drift_ci = ci.get("drift") or {}
-    gnd = metric.get("gnd") or {}
-    pv = metric.get("p_values") or {}
-    targets = set(metric.get("target_units") or [metric.get("target_value")])
-    conf = ci.get("confidence")
-    head = ["value", "pre", "post", "drift" + (f" [{conf:.0%} CI]" if conf else ""), "gnd", "p (Holm)"]
-    rows = []
-    for v in metric["values_order"]:
-        is_t = v in targets
-        rows.append((is_t, [
-            v + (" (target)" if is_t else ""),
-            _num(metric["pre_state"].get(v), digits, signed=True),
-            _num(metric["post_state"].get(v), digits, signed=True),
-            _num(metric["drift"].get(v), digits, signed=True) + _iv(drift_ci.get(v), digits),
-            "" if is_t else _num(gnd.get(v), digits, signed=True),
-            _pval(pv.get(v)),
-        ]))
-    return head, rows
-
-
 # The legend under every comparison table, in the Markdown and the HTML report alike.
 COMPARISON_LEGEND = (
-    "vat = mean |drift| of the non-target values / |gain|; nvat = RMS of the off-diagonal coupling "
-    "(chance: its mean with each value's scene drifts shuffled); gini of |gnd| (0 = even tax). "
-    "Brackets: bootstrap intervals over scenes. "
-    "\u2020 = same gain (overlapping intervals) but a different tax (disjoint vat intervals).")
-
-
-def _chance(null: Optional[Dict[str, Any]], digits: int = 3) -> str:
-    """nvat is shown against its level by chance, not with its bootstrap interval: resampling
-    scenes with replacement duplicates them, which inflates rank correlations, so that interval
-    sits above the estimate (see the metric card)."""
-    if not null or null.get("mean") is None:
-        return ""
-    return f" (chance {null['mean']:.{digits}f}, p {null['p_value']:.2f})"
-
-
-def _summary_items(metric: Dict[str, Any], digits: int = 3) -> List[Tuple[str, str]]:
-    ci = metric.get("ci") or {}
-    items = [
-        ("gain", _num(metric.get("gain"), digits, signed=True) + _iv(ci.get("gain"), digits)),
-        ("vat", _num(metric.get("vat"), digits) + _iv(ci.get("vat"), digits)),
-        ("nvat", _num(metric.get("nvat"), digits) + _chance(metric.get("nvat_null"), digits)),
-        ("gini", _num(metric.get("gini"), digits) + _iv(ci.get("gini"), digits)),
-        ("circumplex consistency", _num(metric.get("circumplex_consistency"), digits, signed=True)),
-    ]
-    rob = metric.get("robustness")
-    if rob and rob.get("mean_tau") is not None:
-        items.append((f"robustness ({rob['fraction']:.0%} scenes, {rob['n_subsamples']}x)",
-                      f"mean tau {rob['mean_tau']:.2f}, min {rob['min_tau']:.2f}"))
-    hubs = metric.get("hubs") or []
-    if hubs:
-        items.append(("top hubs", ", ".join(f"{h['value']} ({h['strength']:.2f})" for h in hubs[:3])))
-    return items
+    "gain = drift of the target, resolved when its bootstrap interval lies above 0; "
+    "tax = mean |drift| of the non-target values, beside its level by chance (sign flips of whole resampling units) "
+    "and that test's p-value; vat = tax / gain, defined only for a resolved gain; "
+    "nvat = RMS of the off-diagonal coupling (chance: each value's scene drifts shuffled); gini of |drift| (0 = even tax). "
+    "Brackets: percentile bootstrap intervals over the resampling unit (scenes unless the result says otherwise). "
+    "\u2020 " + SAME_GAIN_RULE + ".")
 
 
 def markdown_table(result: Dict[str, Any], digits: int = 3) -> str:
-    """The per-value Markdown table of one result (target in bold) and a summary line with
-    gain, vat, nvat, gini (with intervals), circumplex consistency, robustness and hubs.
+    """The per-value Markdown table of one result (target in bold) and a summary line with the
+    gain and its status, tax (with chance), vat (or why it is undefined), gini, nvat, uniform
+    shift, circumplex consistency, split-half agreement and hubs.
 
-    >>> m = {"target_value": "Power", "values_order": ["Power", "Security"], "gain": 0.5, "vat": 0.2,
-    ...      "pre_state": {"Power": 0.0, "Security": 0.1}, "post_state": {"Power": 0.5, "Security": 0.0},
-    ...      "drift": {"Power": 0.5, "Security": -0.1}, "gnd": {"Security": -0.2}, "nvat": None, "gini": 0.0}
+    >>> m = {"target_value": "Power", "values_order": ["Power", "Security"], "gain": 0.5, "vat": None,
+    ...      "gain_status": "no_bootstrap", "tax": 0.1, "pre_state": {"Power": 0.0, "Security": 0.1},
+    ...      "post_state": {"Power": 0.5, "Security": 0.0}, "drift": {"Power": 0.5, "Security": -0.1},
+    ...      "gnd": None, "nvat": None, "gini": 0.0}
     >>> print(markdown_table({"name": "p", "vat": m}))
     | value | pre | post | drift | gnd | p (Holm) |
     |---|---|---|---|---|---|
     | **Power (target)** | **+0.000** | **+0.500** | **+0.500** |  | **n/a** |
-    | Security | +0.100 | +0.000 | -0.100 | -0.200 | n/a |
+    | Security | +0.100 | +0.000 | -0.100 | \u2014 | n/a |
     <BLANKLINE>
-    gain **+0.500** · vat 0.200 · nvat n/a · gini 0.000 · circumplex consistency n/a
+    gain **+0.500, not resolved (no bootstrap, n_bootstrap=0)** · tax 0.100 · vat undefined: gain not resolved (no bootstrap, n_bootstrap=0) · gini 0.000 · nvat n/a · circumplex consistency undefined: gain not resolved (no bootstrap, n_bootstrap=0)
     """
     metric = metric_of(result)
-    head, rows = _value_rows(metric, digits)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for is_t, cells in rows:
-        if is_t:
-            cells = [f"**{c}**" if c else c for c in cells]
-        lines.append("| " + " | ".join(cells) + " |")
-    summary = _summary_items(metric, digits)
-    parts = [f"{k} **{v}**" if k == "gain" else f"{k} {v}" for k, v in summary]
-    return "\n".join(lines) + "\n\n" + " · ".join(parts)
+    head, rows = fmt.value_table(metric, digits)
+    return fmt.markdown_table(head, rows) + "\n\n" + fmt.summary_line(metric, digits)
 
 
 def _run_header(result: Dict[str, Any]) -> List[Tuple[str, str]]:
@@ -238,12 +199,16 @@ def _run_header(result: Dict[str, Any]) -> List[Tuple[str, str]]:
         ("target", f"{metric.get('target_value')} (level {metric.get('level', 'basic')})"),
         ("items", f"{metric.get('n_items')} in {metric.get('n_scenes')} scenes, {metric.get('n_dropped', 0)} dropped"),
     ]
+    if metric.get("resample"):
+        facts.append(("resampling unit", str(metric["resample"]).replace("_", "-")))
+    if metric.get("centering") not in (None, "none"):
+        facts.append(("centering", f"ratings centred per {metric['centering']} and state (ipsative)"))
     ev = result.get("evaluation") or {}
     for phase in ("pre", "post"):
         e = ev.get(phase) or {}
         if e.get("option_mass_mean") is not None:
             facts.append((f"option mass {phase}",
-                          f"mean {e['option_mass_mean']:.3f}, min {_num(e.get('option_mass_min'))}"))
+                          f"mean {fmt.number(e['option_mass_mean'])}, min {fmt.number(e.get('option_mass_min'))}"))
     return facts
 
 
@@ -348,9 +313,10 @@ def plot_drift(result: Dict[str, Any]) -> Figure:
             b.set_hatch("//")
         if np.isnan(d):
             b.set_linewidth(0)
-            ax.annotate("n/a", (b.get_x() + b.get_width() / 2, 0), ha="center", va="bottom", fontsize=8, color="grey")
-    lo = np.array([np.nan if not ci.get(v) else ci[v][0] for v in order])
-    hi = np.array([np.nan if not ci.get(v) else ci[v][1] for v in order])
+            ax.annotate(fmt.NO_ITEMS, (b.get_x() + b.get_width() / 2, 0), ha="center", va="bottom", fontsize=8,
+                        color="grey")
+    lo = np.array([np.nan if not ci.get(v) or ci[v][0] is None else ci[v][0] for v in order], dtype=float)
+    hi = np.array([np.nan if not ci.get(v) or ci[v][1] is None else ci[v][1] for v in order], dtype=float)
     has = ~np.isnan(lo) & ~np.isnan(drift)
     if has.any():  # intervals drawn as they are (a percentile interval need not contain the estimate)
         ax.vlines(x[has], lo[has], hi[has], color="black", linewidth=1.1, gid="drift-ci")
@@ -371,9 +337,8 @@ def plot_drift(result: Dict[str, Any]) -> Figure:
                Patch(facecolor=UP_COLOR, edgecolor="black", label="other value, up"),
                Patch(facecolor=DOWN_COLOR, edgecolor="black", label="other value, down")]
     ax.legend(handles=handles, fontsize=8, loc="best", frameon=False)
-    gain, vat = metric.get("gain"), metric.get("vat")
     ax.set_title(f"{result['name']}: drift per value" + (f" with {conf:.0%} bootstrap CI" if conf and has.any() else "")
-                 + f"\ngain {_num(gain, 3, True)}, vat {_num(vat)}", fontsize=11)
+                 + f"\ngain {fmt.gain_text(metric)}\ntax {fmt.tax_text(metric)}; vat {fmt.vat_text(metric)}", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     fig.tight_layout()
@@ -412,47 +377,82 @@ def plot_coupling(result: Dict[str, Any]) -> Figure:
                             color="white" if abs(mat[i, j]) > 0.6 else "black")
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     cb.set_label("Spearman correlation of per-scene drift")
-    ax.set_title(f"{result['name']}: coupling across scenes (nvat {_num(metric.get('nvat'))})", fontsize=11)
+    ax.set_title(f"{result['name']}: coupling across scenes (nvat {fmt.nvat_text(metric)})", fontsize=11)
     fig.tight_layout()
     return fig
 
 
 def plot_gain_tax(results: Sequence[Dict[str, Any]]) -> Figure:
-    """The gain-tax plane: one point per intervention at (gain, vat) (line ``gid`` "point-<k>")
-    with its bootstrap intervals as a horizontal (gain, "gain-ci-<k>") and a vertical (vat,
-    "vat-ci-<k>") segment, none when the bootstrap was off. Interventions with an undefined vat
-    are left out and listed under the plot."""
+    """The gain-tax plane: one point per intervention at (gain, tax), where tax = mean |drift| of
+    the non-target values is defined whatever the gain, so every intervention is drawn. Dashed
+    rays from the origin are lines of equal vat (= tax / gain), the reading for a resolved gain.
+
+    A resolved intervention is a filled circle (line ``gid`` "point-<k>"); one whose gain is not
+    resolved (or moved the wrong way, or had no bootstrap) is a hollow square with the status in
+    its label, since its vat is undefined. Bootstrap intervals are a horizontal (gain,
+    "gain-ci-<k>") and a vertical (tax, "tax-ci-<k>") segment, none when the bootstrap was off; a
+    short dotted tick ("tax-chance-<k>") marks the tax's level by chance."""
     results = [_normalise(r, i) for i, r in enumerate(results)]
-    fig = Figure(figsize=(7.0, 5.2))
+    fig = Figure(figsize=(7.4, 5.6))
     ax = fig.add_subplot()
-    skipped = []
+    gains, taxes = [0.0], [0.0]
+    unresolved, ticks = [], []
     for k, r in enumerate(results):
         m = metric_of(r)
-        g, v = m.get("gain"), m.get("vat")
-        if g is None or v is None:
-            skipped.append(r["name"])
+        g, t = m.get("gain"), m.get("tax")
+        if g is None or t is None:  # a result written before the tax existed
             continue
         ci = m.get("ci") or {}
-        gci, vci = ci.get("gain"), ci.get("vat")
+        gci, tci = ci.get("gain"), ci.get("tax")
         color = POST_COLORS[k % len(POST_COLORS)]
-        ax.plot([g], [v], "o", color=color, markersize=7, label=r["name"], gid=f"point-{k}")
+        resolved = (m.get("gain_status") or ("resolved" if m.get("vat") is not None else "not_resolved")) == "resolved"
+        if resolved:
+            ax.plot([g], [t], "o", color=color, markersize=8, label=r["name"], gid=f"point-{k}")
+            label = f"{r['name']}: vat {fmt.number(m.get('vat'))}"
+        else:
+            ax.plot([g], [t], "s", markerfacecolor="white", markeredgecolor=color, markeredgewidth=2, markersize=8,
+                    label=f"{r['name']} (vat undefined)", gid=f"point-{k}")
+            label = f"{r['name']}: gain {fmt.gain_status_words(m.get('gain_status'))}"
+            unresolved.append(r["name"])
         # intervals drawn as they are: a percentile interval need not contain the estimate
-        if gci:
-            ax.hlines(v, gci[0], gci[1], color=color, linewidth=1.4, gid=f"gain-ci-{k}")
-        if vci:
-            ax.vlines(g, vci[0], vci[1], color=color, linewidth=1.4, gid=f"vat-ci-{k}")
-        ax.annotate(r["name"], (g, v), textcoords="offset points", xytext=(6, 6), fontsize=9)
+        if gci and None not in gci:
+            ax.hlines(t, gci[0], gci[1], color=color, linewidth=1.4, gid=f"gain-ci-{k}")
+            gains += list(gci)
+        if tci and None not in tci:
+            ax.vlines(g, tci[0], tci[1], color=color, linewidth=1.4, gid=f"tax-ci-{k}")
+            taxes += list(tci)
+        null = m.get("tax_null") or {}
+        if null.get("mean") is not None:
+            ticks.append((k, g, null["mean"], color))
+        gains.append(g)
+        taxes.append(t)
+        ax.annotate(label, (g, t), textcoords="offset points", xytext=(7, 6), fontsize=8)
+    lo_g, hi_g = min(gains), max(gains)
+    span = max(hi_g - lo_g, 0.02)
+    ax.set_xlim(lo_g - 0.25 * span, hi_g + 0.35 * span)
+    for k, g, level, color in ticks:  # each tax's level by chance, a short dotted tick under its point
+        ax.hlines(level, g - 0.04 * span, g + 0.04 * span, color=color, linestyle=":", linewidth=1.6,
+                  gid=f"tax-chance-{k}")
+        taxes.append(level)
+    top = max(max(taxes) * 1.3, 0.01)
+    ax.set_ylim(0, top)
+    x_right = ax.get_xlim()[1]
+    for v in (0.25, 0.5, 1.0, 2.0):  # lines of equal vat through the origin
+        if x_right > 0:
+            ax.plot([0, x_right], [0, v * x_right], linestyle="--", color="grey", linewidth=0.7, alpha=0.6,
+                    gid=f"iso-vat-{v:g}")
+            x_end = min(x_right, 0.97 * top / v)  # label where the ray leaves the axes
+            ax.annotate(f"vat {v:g}", (x_end, v * x_end), fontsize=7, color="grey", ha="right", va="bottom")
     ax.axvline(0, color="black", linewidth=0.6, alpha=0.5)
     ax.set_xlabel("gain on the target (drift of the target value)")
-    ax.set_ylabel("VAT (mean |drift| of other values / |gain|)")
-    ax.set_ylim(bottom=0)
-    ax.margins(x=0.2, y=0.15)
-    if skipped:
-        fig.text(0.01, 0.01, "vat undefined (gain ~ 0): " + ", ".join(skipped), fontsize=8, color="grey")
+    ax.set_ylabel("tax (mean |drift| of the other values)")
+    if unresolved:
+        fig.text(0.01, 0.01, "hollow squares: gain not resolved, vat undefined (" + ", ".join(unresolved) + ")",
+                 fontsize=8, color="grey")
     targets = sorted({str(metric_of(r).get("target_value")) for r in results})
     confs = sorted({(metric_of(r).get("ci") or {}).get("confidence") for r in results} - {None})
-    note = f"\nlines: {', '.join(f'{c:.0%}' for c in confs)} bootstrap intervals of gain and vat" if confs else ""
-    ax.set_title(f"Gain-tax plane (target: {', '.join(targets)}); lower right is better{note}", fontsize=11)
+    note = f"\nlines: {', '.join(f'{c:.0%}' for c in confs)} bootstrap intervals; dotted: tax by chance" if confs else ""
+    ax.set_title(f"Gain-tax plane (target: {', '.join(targets)}); lower right is better{note}", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -527,15 +527,6 @@ def _html_table(head: Sequence[str], rows: Sequence[Tuple[bool, Sequence[str]]],
     return "\n".join(out)
 
 
-def _comparison_html(rows: Sequence[Dict[str, Any]]) -> str:
-    md = comparison_markdown(rows).splitlines()
-    head = [c.strip() for c in md[0].strip("|").split("|")]
-    body = []
-    for line, r in zip(md[2:], rows):
-        body.append((bool(r.get("same_gain_different_tax")), [c.strip() for c in line.strip().strip("|").split("|")]))
-    return _html_table(head, body, mark="flag")
-
-
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2rem auto; max-width: 1100px;
        color: #222; line-height: 1.45; padding: 0 1rem; }
@@ -547,18 +538,50 @@ tr.target td { font-weight: bold; background: #fdf0e6; }
 tr.flag td { background: #eef4fb; }
 img { max-width: 100%; height: auto; margin: 0.5rem 0; }
 .facts { color: #555; }
+.warnings { color: #8a4b00; font-size: 0.9rem; }
 .summary { background: #f7f7f7; padding: 0.5rem 0.8rem; border-left: 3px solid #d95f02; }
 .figs { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
 .figs img { max-width: 48%; }
 """
 
 
-def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Optional[str] = None) -> Dict[str, Path]:
+#: The rules every number in the report follows, each with its reason (printed under the comparison).
+READING = (
+    ("Resolved gain", "gnd and vat divide by the gain; they are numbers only when the gain's bootstrap interval lies "
+     "above 0. A ratio whose denominator's interval includes 0 has no finite interval, and tax per unit of a gain in "
+     "the wrong direction means nothing, so the report prints the reason instead."),
+    ("Tax, always, beside its chance level", "tax = mean |drift| of the non-target values is defined whatever the "
+     "gain. A mean of absolute values is above 0 even with no effect, so it is printed beside its level by chance "
+     "(whole resampling units sign-flipped) and the p-value of that test."),
+    ("p-values at the unit of resampling", "per-value tests flip whole scenes (or the chosen unit), so items that "
+     "share a scene are never counted as independent; non-target values are Holm-corrected, the target's own test "
+     "is apart. A p-value printed as < 1/(n+1) is at the floor of n random permutations."),
+    ("Same gain, different tax", "declared only from the paired comparison: differences bootstrapped on the same "
+     "resampled units for every intervention, the gain difference's interval containing 0, the tax difference's "
+     "excluding it, and the larger tax above its chance level (a mean of |drift| grows with noise, so two taxes at "
+     "their chance levels differ whenever the interventions' noise does). Overlap of two separate intervals is not "
+     "a test."),
+    ("Split-half agreement", "rank agreement (Kendall's tau) of the off-target drift profile between disjoint halves "
+     "of the units: unlike overlapping 80% subsamples, it can fail."),
+)
+
+
+def _paired_note(comparison: Optional[Dict[str, Any]], n_results: int) -> Optional[str]:
+    if comparison is None and n_results > 1:
+        return ("Same gain, different tax: not tested. The test is the paired comparison of interventions judged on "
+                "the same items (vat_hf.metrics.compare_judgments; vat-hf run writes it as comparison.json).")
+    return None
+
+
+def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Optional[str] = None,
+                 comparison: Optional[Dict[str, Any]] = None) -> Dict[str, Path]:
     """Write ``report.md``, ``report.html`` (self-contained: figures inlined as base64 PNG) and the
     PNG figures into ``out_dir``: ``radar.png`` (states, pre and every post), ``gain_tax.png``
     (all interventions) and, per intervention, ``drift_<name>.png`` and ``coupling_<name>.png``.
-    Returns ``{"markdown": ..., "html": ..., "radar": ..., "gain_tax": ..., "drift_<name>": ...,
-    "coupling_<name>": ...}``.
+    ``comparison`` is the paired comparison of the results' interventions
+    (:func:`vat_hf.metrics.compare_paired` / ``compare_judgments``): its differences are shown and
+    it alone sets the "same gain, different tax" flag. Returns ``{"markdown": ..., "html": ...,
+    "radar": ..., "gain_tax": ..., "drift_<name>": ..., "coupling_<name>": ...}``.
     """
     if not results:
         raise ValueError("write_report needs at least one result")
@@ -584,25 +607,38 @@ def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Op
         paths[f"coupling_{s}"] = _save(plot_coupling(r), out / f"coupling_{s}.png")
         if r.get("trajectory"):
             paths[f"trajectory_{s}"] = _save(plot_trajectory(r), out / f"trajectory_{s}.png")
-    rows = compare_interventions(results)
+
+    # the tables, once, as (header, rows): Markdown and HTML render the same cells
+    comp_head, comp_rows = comparison_table(compare_interventions(results, comparison))
+    pairs = paired_table(comparison) if comparison and comparison.get("pairs") else None
+    pairs_caption = (f"Paired differences (a - b) on {comparison.get('n_items')} items judged by every intervention, "
+                     f"{comparison.get('method')}." if pairs else None)
+    note = _paired_note(comparison, len(results))
+    per_result = []
+    for r in results:
+        metric = metric_of(r)
+        per_result.append({"facts": _run_header(r), "table": fmt.value_table(metric), "summary": fmt.summary_items(metric),
+                           "warnings": list(metric.get("warnings") or [])})
 
     # Markdown
-    md = [f"# {title}", ""]
-    md += ["## Comparison", "", comparison_markdown(rows), "",
-           COMPARISON_LEGEND, ""]
-    md += [f"![gain-tax plane](gain_tax.png)", ""] + [f"![value states]({f})" for f in radar_files] + [""]
-    for r, s in zip(results, slugs):
-        md += [f"## {r['name']}", ""]
-        md += [" · ".join(f"{k}: {v}" for k, v in _run_header(r)), ""]
-        md += [markdown_table(r), ""]
+    md = [f"# {title}", "", "## Comparison", "", fmt.markdown_table(comp_head, comp_rows, bold=False), "",
+          COMPARISON_LEGEND, ""]
+    if pairs:
+        md += [pairs_caption, "", fmt.markdown_table(*pairs, bold=False), ""]
+    if note:
+        md += [note, ""]
+    md += ["![gain-tax plane](gain_tax.png)", ""] + [f"![value states]({f})" for f in radar_files] + [""]
+    md += ["### Reading this report", ""] + [f"- **{k}.** {v}" for k, v in READING] + [""]
+    for r, s, sec in zip(results, slugs, per_result):
+        md += [f"## {r['name']}", "", " · ".join(f"{k}: {v}" for k, v in sec["facts"]), ""]
+        md += [fmt.markdown_table(*sec["table"]), "",
+               " · ".join(f"{k} **{v}**" if k == "gain" else f"{k} {v}" for k, v in sec["summary"]), ""]
+        if sec["warnings"]:
+            md += ["Warnings:", ""] + [f"- {w}" for w in sec["warnings"]] + [""]
         md += [f"![drift](drift_{s}.png)", f"![coupling](coupling_{s}.png)", ""]
         if r.get("trajectory"):
-            onset = {v: o for v, o in (r.get("drift_onset") or {}).items() if o is not None}
-            md += [f"![trajectory](trajectory_{s}.png)", "",
-                   "Drift onset (first step whose interval excludes 0): "
-                   + (", ".join(f"{v} at step {o}" for v, o in sorted(onset.items(), key=lambda kv: kv[1])) or "none"), ""]
-    md_text = "\n".join(md)
-    paths["markdown"] = atomic_write_text(out / "report.md", md_text)
+            md += [f"![trajectory](trajectory_{s}.png)", "", _onset_text(r), ""]
+    paths["markdown"] = atomic_write_text(out / "report.md", "\n".join(md))
 
     # HTML
     def img(name: str, alt: str) -> str:
@@ -611,22 +647,33 @@ def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Op
 
     h = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
          f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-         f"<h1>{html.escape(title)}</h1>", "<h2>Comparison</h2>", _comparison_html(rows),
-         '<p class="facts">' + html.escape(COMPARISON_LEGEND) + "</p>",
-         '<div class="figs">', img("gain_tax.png", "gain-tax plane")]
-    h += [img(f, "value states") for f in radar_files]
-    h.append("</div>")
-    for r, s in zip(results, slugs):
-        metric = metric_of(r)
-        head, vrows = _value_rows(metric)
+         f"<h1>{html.escape(title)}</h1>", "<h2>Comparison</h2>", _html_table(comp_head, comp_rows, mark="flag"),
+         '<p class="facts">' + html.escape(COMPARISON_LEGEND) + "</p>"]
+    if pairs:
+        h += [f"<p>{html.escape(pairs_caption)}</p>", _html_table(*pairs, mark="flag")]
+    if note:
+        h.append(f'<p class="facts">{html.escape(note)}</p>')
+    h += ['<div class="figs">', img("gain_tax.png", "gain-tax plane")] + [img(f, "value states") for f in radar_files]
+    h += ["</div>", "<h3>Reading this report</h3>", "<ul>"]
+    h += [f"<li><b>{html.escape(k)}.</b> {html.escape(v)}</li>" for k, v in READING] + ["</ul>"]
+    for r, s, sec in zip(results, slugs, per_result):
         h += [f"<h2>{html.escape(r['name'])}</h2>",
-              '<p class="facts">' + " &middot; ".join(f"{html.escape(k)}: {html.escape(v)}" for k, v in _run_header(r)) + "</p>",
-              _html_table(head, vrows),
-              '<p class="summary">' + " &middot; ".join(f"{html.escape(k)} <b>{html.escape(v)}</b>" for k, v in _summary_items(metric)) + "</p>",
-              '<div class="figs">', img(f"drift_{s}.png", f"drift {r['name']}"), img(f"coupling_{s}.png", f"coupling {r['name']}")]
+              '<p class="facts">' + " &middot; ".join(f"{html.escape(k)}: {html.escape(v)}" for k, v in sec["facts"]) + "</p>",
+              _html_table(*sec["table"]),
+              '<p class="summary">' + " &middot; ".join(f"{html.escape(k)} <b>{html.escape(v)}</b>" for k, v in sec["summary"])
+              + "</p>"]
+        if sec["warnings"]:
+            h += ['<ul class="warnings">'] + [f"<li>{html.escape(w)}</li>" for w in sec["warnings"]] + ["</ul>"]
+        h += ['<div class="figs">', img(f"drift_{s}.png", f"drift {r['name']}"), img(f"coupling_{s}.png", f"coupling {r['name']}")]
         if r.get("trajectory"):
-            h.append(img(f"trajectory_{s}.png", f"trajectory {r['name']}"))
+            h += [img(f"trajectory_{s}.png", f"trajectory {r['name']}"), f"<p>{html.escape(_onset_text(r))}</p>"]
         h.append("</div>")
     h.append("</body></html>")
     paths["html"] = atomic_write_text(out / "report.html", "\n".join(h))
     return paths
+
+
+def _onset_text(result: Dict[str, Any]) -> str:
+    onset = {v: o for v, o in (result.get("drift_onset") or {}).items() if o is not None}
+    return ("Drift onset (first step whose interval excludes 0): "
+            + (", ".join(f"{v} at step {o}" for v, o in sorted(onset.items(), key=lambda kv: kv[1])) or "none"))

@@ -15,19 +15,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from vat_hf.io import atomic_write_text, read_json, write_json
+from vat_hf.metrics import formatting as fmt
 from vat_hf.prompts import ADVICE_TEMPLATE
 
 TRAINING_INFO = "vat_training.json"
 CARD = "README.md"
 METHOD_NAMES = {"sft": "supervised fine-tuning (TRL SFTTrainer)", "dpo": "Direct Preference Optimization (TRL DPOTrainer)"}
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value)
-    return str(value)
 
 
 def _vat_section(vat: Mapping) -> str:
@@ -37,23 +30,20 @@ def _vat_section(vat: Mapping) -> str:
     lines.append("")
     lines.append("| quantity | value |")
     lines.append("|---|---|")
-    for key in ("gain", "vat", "nvat", "gini"):
-        if key in vat and isinstance(vat[key], (int, float)):
-            ci = vat.get("ci", {}).get(key) if isinstance(vat.get("ci"), Mapping) else None
-            shown = _fmt(vat[key]) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else "")
-            lines.append(f"| {key} | {shown} |")
+    lines += [f"| {key} | {text} |" for key, text in fmt.summary_items(vat)]
     drift = vat.get("drift")
     if isinstance(drift, Mapping):
+        drift_ci = (vat.get("ci") or {}).get("drift") or {}
         lines.append("")
         lines.append(f"Rating drift of each value (post - pre; {target} is the target):")
         lines.append("")
         lines.append("| value | drift |")
         lines.append("|---|---|")
         for name, value in drift.items():
-            shown = value.get("mean", value) if isinstance(value, Mapping) else value
-            lines.append(f"| {name} | {_fmt(shown)} |")
-    lines += ["", "(gain: change of the target value's expression; vat: the tax paid in the other values' drift; "
-              "see the VAT metric card in vat-hf for definitions.)"]
+            lines.append(f"| {name} | {fmt.estimate(value, drift_ci.get(name), signed=True)} |")
+    lines += ["", "(gain: change of the target value's expression, resolved when its interval lies above 0; tax: mean "
+              "|drift| of the other values, beside its level by chance; vat = tax / gain, defined only for a resolved "
+              "gain; see the VAT metric card in vat-hf for definitions.)"]
     return "\n".join(lines)
 
 
@@ -73,9 +63,8 @@ def _gain_status_note(vat: Mapping) -> Optional[str]:
     if _vat_is_defined(vat):
         return None
     status = vat.get("gain_status")
-    why = f"the gain's status is `{status}`" if status else "the metric gave no value"
-    return (f"vat (the tax relative to the gain) is not reported as a number: {why}, so the ratio is not defined "
-            "(see the VAT metric card).")
+    why = f"the gain's status is {fmt.gain_status_words(status)}" if status else "the metric gave no value"
+    return f"vat (the tax relative to the gain) is not reported as a number: {why} (see the VAT metric card)."
 
 
 def _title(info: Mapping) -> str:
@@ -167,11 +156,11 @@ def card_body(info: Mapping) -> str:
     lines += ["", "User turn (from `vat_hf.prompts.ADVICE_TEMPLATE`, the evaluator's scene wording):", "",
               "```", ADVICE_TEMPLATE, "```", ""]
     lines += ["## Hyperparameters", "", "| key | value |", "|---|---|"]
-    lines += [f"| {key} | {_fmt(value)} |" for key, value in hp.items() if value is not None]
+    lines += [f"| {key} | {fmt.plain(value)} |" for key, value in hp.items() if value is not None]
     lines.append("")
     if info.get("train_metrics"):
         lines += ["## Training", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in info["train_metrics"].items()]
+        lines += [f"| {k} | {fmt.plain(v)} |" for k, v in info["train_metrics"].items()]
         lines.append("")
     if info.get("vat"):
         lines += [_vat_section(info["vat"]), ""]
