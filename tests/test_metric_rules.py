@@ -281,6 +281,48 @@ def test_taxes_at_their_chance_levels_are_not_declared_different():
     assert fmt.VERDICT_WORDS[pair["verdict"]] == "taxes differ, but the larger is at its chance level"
 
 
+def test_tax_difference_test_swaps_whole_scenes_exactly_and_is_uniform_when_arms_do_not_differ():
+    """The paired randomisation test of the tax difference: with few scenes every swap is
+    enumerated, and its p-value equals brute force (each swap recomputed from the swapped raw
+    ratings by compute_vat); when the two arms do not differ its p-values are roughly uniform."""
+    base = synthetic(7, n_scenes=6, drift={"Benevolence": 0.2, "Power": 0.1})
+    other = synthetic(8, n_scenes=6, drift={"Benevolence": 0.2, "Power": 0.1, "Security": 0.15})
+    pre, post_a, post_b = (np.array(x) for x in (base["pre"], base["post"], other["post"]))
+    cols = dict(value=base["value"], polarity=base["polarity"], scene=base["scene"])
+    out = compare_paired({"a": (pre, post_a), "b": (pre, post_b)}, **cols, target_value="Benevolence", n_bootstrap=100)
+    test = out["pairs"][0]["tax_diff_test"]
+    assert test["exact"] and test["n_permutations"] == 2 ** 6 and test["unit"] == "scene"
+
+    def tax(post):
+        return compute_vat(pre, post, **cols, target_value="Benevolence", n_bootstrap=0, n_sign_flips=0, **QUIET)["tax"]
+
+    scenes = np.array(base["scene"])
+    observed = abs(tax(post_a) - tax(post_b))
+    null = []
+    for swap in itertools.product((False, True), repeat=6):
+        mask = np.isin(scenes, [f"s{k:03d}" for k in range(6) if swap[k]])
+        null.append(abs(tax(np.where(mask, post_b, post_a)) - tax(np.where(mask, post_a, post_b))))
+    assert test["p_value"] == pytest.approx(np.mean(np.array(null) >= observed - 1e-12))
+
+    # no difference between the arms (both posts drawn alike on one baseline): p roughly uniform
+    pvalues = []
+    for seed in range(60):
+        one = synthetic(100 + seed, n_scenes=20, drift={"Benevolence": 0.2})
+        # arm two: the same planted process, drawn from an independent stream, on arm one's baseline
+        again = synthetic(10_000 + seed, n_scenes=20, drift={"Benevolence": 0.2})
+        post_two = np.array(one["pre"]) + (np.array(again["post"]) - np.array(again["pre"]))
+        r = compare_paired({"one": (one["pre"], one["post"]), "two": (one["pre"], np.clip(post_two, 1, 5))},
+                           one["value"], one["polarity"], one["scene"], target_value="Benevolence", n_bootstrap=0)
+        assert r["pairs"][0]["tax_diff_test"] is None  # no bootstrap: no comparison verdict at all
+        red = {k: reduce_arm(index_items(one["value"], one["polarity"], one["scene"], target_value="Benevolence",
+                                         keep=np.ones(len(one["pre"]), bool)), one["pre"], p)
+               for k, p in (("one", one["post"]), ("two", np.clip(post_two, 1, 5)))}
+        from vat_hf.metrics.compare import tax_difference_test
+
+        pvalues.append(tax_difference_test(red["one"], red["two"], "scene", 400, np.random.default_rng(seed))["p_value"])
+    assert stats.kstest(pvalues, "uniform").pvalue > 0.01
+
+
 def test_paired_comparison_of_arms_with_their_own_baselines():
     """Two models under one intervention: each arm brings its own pre and post ratings of the same
     items; each arm's numbers are its own metric's, and an item missing in one arm leaves every arm."""
