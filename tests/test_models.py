@@ -50,3 +50,38 @@ def test_local_folder_and_peft_adapter_load(tiny_model_dir, tmp_path):
         with_adapter = loaded.model(ids).logits
         without = loading.load_model(str(tiny_model_dir), device="cpu").model(ids).logits
     assert not torch.allclose(with_adapter, without)  # the (non-zero) adapter is applied, not merged away
+
+
+@pytest.mark.slow
+def test_conversion_is_plain_replaces_a_stale_folder_and_loads_without_quantization(monkeypatch, tmp_path):
+    """The converted folder claims no quantization (its weights are dequantised fp32: a folder
+    that says GGUF is refused by vLLM and by trainers), and a folder of an older conversion version
+    (here: version 1's marker, config and a leftover file) is converted again, swapped in whole."""
+    import json
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    monkeypatch.setenv("VAT_HF_CACHE", str(tmp_path))
+    stale = tmp_path / "models" / loading.DEFAULT_MODEL
+    stale.mkdir(parents=True)
+    (stale / loading.CONVERSION_MARKER).write_text(json.dumps({"source": "x.gguf", "source_bytes": 1}))
+    (stale / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "gguf"}}))
+    (stale / "leftover.bin").write_text("from the old conversion")
+    folder = loading.embedded_model_dir()
+    assert folder == stale
+    assert json.loads((folder / loading.CONVERSION_MARKER).read_text())["version"] == loading.CONVERSION_VERSION
+    assert not (folder / "leftover.bin").exists()
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    assert not [p for p in folder.parent.iterdir() if p.name != folder.name]  # no temporary folder left beside it
+    assert getattr(AutoConfig.from_pretrained(folder), "quantization_config", None) is None
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert getattr(model, "hf_quantizer", None) is None and model.dtype == torch.float32
+    # The same weights as reading the GGUF file directly.
+    gguf = loading.embedded_gguf_file()
+    direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.inference_mode():
+        assert torch.allclose(model(ids).logits, direct(ids).logits, atol=1e-5)
+    # A second call reuses it.
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", lambda *a, **k: 1 / 0)
+    assert loading.embedded_model_dir() == folder

