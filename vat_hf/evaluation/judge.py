@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from vat_hf.evaluation.prefix import (
     DUMMY_ITEMS,
     PrefixCache,
+    adopt_prefixes,
     cache_kwarg,
     common_prefix_length,
     keep_own,
@@ -531,12 +532,13 @@ class Evaluator:
         last_pos = batch["position_ids"][:, -1]
         return logits, (output_cache(out), mask, last_pos)
 
-    def _check_prefix(self, request: _Request) -> bool:
+    def _check_prefix(self, request: _Request, full: Optional[torch.Tensor] = None) -> bool:
         """One-time check (per level) that continuing from the request's prefix (its scene's, or the
-        root) reproduces a full encoding of the same tokens."""
+        root) reproduces a full encoding of the same tokens (``full``: its logits, if computed)."""
         with torch.inference_mode():
             reused, _ = self._forward([request], use_prefix=True)
-            full, _ = self._forward([request], use_prefix=False)
+            if full is None:
+                full, _ = self._forward([request], use_prefix=False)
         a, b = torch.softmax(reused.float(), -1), torch.softmax(full.float(), -1)
         tol = 1e-3 if reused.dtype == torch.float32 else 5e-2
         diff = float((a - b).abs().max())
@@ -668,22 +670,31 @@ class Evaluator:
         refused += sorted(missing.items())
         if refused:
             yield refused, False
+        # Each level is checked once, on the shortest item that uses it (the cheapest full
+        # encoding); both levels are checked on the same item when they can be, so that one full
+        # encoding serves both.
+        scene_first = min((r for r in requests if r.scene is not None), key=lambda r: len(r.ids), default=None)
+        full = None
         if not self._prefix_checked:
-            # Checked on the shortest item that uses the prefix: the cheapest full encoding.
-            first = min((r for r in requests if r.use_prefix), key=lambda r: len(r.ids), default=None)
-            if first is not None and not self._check_prefix(replace(first, scene=None)):
-                self.prefix_reuse = False
-                for r in requests:
-                    r.use_prefix, r.scene = False, None
+            first = scene_first or min((r for r in requests if r.use_prefix), key=lambda r: len(r.ids), default=None)
+            if first is not None:
+                with torch.inference_mode():
+                    full, (cache, _, _) = self._forward([first], use_prefix=False, want_cache=True)
+                adopt_prefixes(self._prefix, first.scene, cache)
+                del cache
+                if not self._check_prefix(replace(first, scene=None), full):
+                    self.prefix_reuse = False
+                    for r in requests:
+                        r.use_prefix, r.scene = False, None
+                    scene_first = full = None
             self._prefix_checked = True
         root = self._prefix if any(r.use_prefix for r in requests) else None
-        if root is not None and any(r.scene is not None for r in requests):
+        if root is not None and scene_first is not None:
             if not supports_scene_prefixes(root.cache(self.model, self.device)):
                 root.scene_reuse = False
             elif not root.checked["scene"]:
-                first = min((r for r in requests if r.scene is not None), key=lambda r: len(r.ids))
-                self._run_scene_prefixes(root, [first])
-                root.scene_reuse = self._check_prefix(first)
+                self._run_scene_prefixes(root, [scene_first])
+                root.scene_reuse = self._check_prefix(scene_first, full)
                 root.checked["scene"] = True
             if not root.scene_reuse:
                 for r in requests:

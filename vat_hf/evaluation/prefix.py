@@ -242,6 +242,28 @@ def supports_scene_prefixes(cache) -> bool:
     return DynamicLayer is not None and bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
+def adopt_prefixes(root: PrefixCache, scene: Optional[PrefixCache], cache) -> None:
+    """Take the root's cache (and ``scene``'s own keys/values) from the batch-1 cache of a full
+    encoding of an item that starts with them: a causal model's keys at a position depend only on
+    the tokens before it, so the first ``len(root)`` positions of that cache are the root's cache.
+    The one-time check encodes an item in full anyway; this spares running the root (about 1,000
+    tokens with 8 shots) a second time. Plain per-layer caches only (else nothing is taken)."""
+    if not supports_scene_prefixes(cache):
+        return
+    n = len(root)
+    if root._cache is None:
+        adopted = copy.copy(cache)
+        adopted.layers = []
+        for layer in cache.layers:
+            clone = copy.copy(layer)
+            clone.keys, clone.values = layer.keys[..., :n, :].clone(), layer.values[..., :n, :].clone()
+            adopted.layers.append(clone)
+        root._cache = adopted
+    if scene is not None and scene.own is None:
+        scene.own = [(layer.keys[..., n:len(scene), :].clone(), layer.values[..., n:len(scene), :].clone())
+                     for layer in cache.layers]
+
+
 def keep_own(node: PrefixCache, cache, row: int, width: int) -> None:
     """Store ``node``'s own keys/values from row ``row`` of a scene pass's output ``cache``, whose
     layers read ``[root | left pads | the row's tokens]`` with ``width`` tokens after the root."""
