@@ -85,3 +85,28 @@ def test_conversion_is_plain_replaces_a_stale_folder_and_loads_without_quantizat
     # A second call reuses it.
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", lambda *a, **k: 1 / 0)
     assert loading.embedded_model_dir() == folder
+
+
+@pytest.mark.parametrize("capabilities, flags, expected", [
+    ({"amx_bf16": True, "avx512_bf16": True}, set(), "amx_bf16"),
+    ({"amx_bf16": False, "avx512_bf16": True}, set(), "avx512_bf16"),
+    ({"amx_bf16": False, "avx512_bf16": False}, set(), None),
+    ({}, {"avx2", "avx512_bf16"}, "avx512_bf16"),  # torch cannot say: /proc/cpuinfo can
+    ({"architecture": "aarch64"}, {"fp", "asimd", "bf16"}, "bf16"),
+])
+def test_cpu_bf16_capability_is_detected_not_assumed(monkeypatch, capabilities, flags, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    monkeypatch.setattr(loading, "_cpuinfo_flags", lambda: flags)
+    assert loading.cpu_bf16_capability() == expected
+    cpu = torch.device("cpu")
+    # The CPU default stays float32 unless asked for; asked for, bf16 only where the CPU has it.
+    assert loading.default_dtype(cpu) == torch.float32
+    assert loading.default_dtype(cpu, prefer_bf16_on_cpu=True) == (torch.bfloat16 if expected else torch.float32)
+    assert loading.dtype_record(cpu, loading.default_dtype(cpu)) == {"dtype": "float32", "device": "cpu",
+                                                                    "cpu_bf16": expected}
+
+
+def test_loaded_model_records_its_dtype(tiny_model_dir):
+    assert loading.load_model(str(tiny_model_dir), device="cpu").dtype == "float32"
+    loaded = loading.load_model(str(tiny_model_dir), device="cpu", dtype="bf16")
+    assert loaded.dtype == "bfloat16" and next(loaded.model.parameters()).dtype == torch.bfloat16
