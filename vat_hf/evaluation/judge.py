@@ -692,10 +692,10 @@ class Evaluator:
         if root is not None and scene_first is not None:
             if not supports_scene_prefixes(root.cache(self.model, self.device)):
                 root.scene_reuse = False
-            elif not root.checked["scene"]:
+            elif not root.scene_checked:
                 self._run_scene_prefixes(root, [scene_first])
                 root.scene_reuse = self._check_prefix(scene_first, full)
-                root.checked["scene"] = True
+                root.scene_checked = True
             if not root.scene_reuse:
                 for r in requests:
                     r.scene = None

@@ -198,9 +198,10 @@ class PrefixCache:
         self.parent = parent
         self._cache = None
         self.own: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
-        # Root only: whether each level's one-time check against full encoding has run / passed.
-        self.checked = {"root": False, "scene": False}
+        # Root only: whether scene prefixes below it are used, and whether their one-time check
+        # against full encoding has run (the root's own check is the evaluator's).
         self.scene_reuse = True
+        self.scene_checked = False
 
     def __len__(self) -> int:
         return len(self.ids)
