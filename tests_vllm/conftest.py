@@ -7,7 +7,7 @@ is built the way a 2-core CPU machine needs (see docs/vllm.md):
 - ``kv_cache_memory_bytes``: a fixed KV cache (1 GiB). Without it the CPU worker reserves
   ``gpu_memory_utilization`` (0.92) of the machine's memory and refuses to start when other
   processes hold more than 8% of it.
-- ``enforce_eager=True``: no torch.compile warm-up at start (25 s against about 60 s here).
+- ``enforce_eager=True``: no torch.compile and no warm-up pass at start (25-60 s to start here, by load).
 - ``dtype="float32"``: the transformers reference runs in fp32 too.
 
 Reference numbers come from transformers in the same process (vLLM runs the model in its own

