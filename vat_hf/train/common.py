@@ -121,11 +121,6 @@ def load_base_model(path: str, model_args, training_args, revision: Optional[str
 
     config = AutoConfig.from_pretrained(path, revision=revision or model_args.model_revision,
                                         trust_remote_code=training_args.trust_remote_code)
-    # vat-hf's converted SmolLM2 folder keeps the GGUF file's quantization_config, which makes
-    # transformers refuse training; the weights themselves are plain fp32.
-    quant = getattr(config, "quantization_config", None)
-    if isinstance(quant, Mapping) and quant.get("quant_method") == "gguf" or getattr(quant, "quant_method", None) == "gguf":
-        del config.quantization_config
     kwargs = dict(config=config, revision=revision or model_args.model_revision, dtype=model_args.dtype,
                   attn_implementation=model_args.attn_implementation, trust_remote_code=training_args.trust_remote_code)
     quantization = get_quantization_config(model_args)

@@ -1,0 +1,219 @@
+"""Prefix reuse down to the scene: items of one scene continue from their scene's prefix.
+
+Every test compares with full encoding (no prefix reuse, one item per batch): reuse must change
+the cost of judging, never the judgments."""
+
+import logging
+
+import pytest
+import torch
+
+from vat_hf.evaluation import Evaluator
+from vat_hf.evaluation import judge as judge_module
+from vat_hf.evaluation.prefix import PrefixCache, common_prefix_length, scene_dummies
+from vat_hf.prompts import JudgePrompt
+
+TOL = 1e-4
+
+
+def scene_items(n_scenes=4, per_scene=3, prefix="i"):
+    """``per_scene`` items per scene, scenarios and actions of different lengths."""
+    out = []
+    for s in range(n_scenes):
+        scenario = f"I live in country {s}, and a neighbour asks me for help. " * (1 + s % 3)
+        for a in range(per_scene):
+            out.append({"id": f"{prefix}{s}-{a}", "scene_id": f"scene-{s}", "scenario": scenario,
+                        "action": "I help them " + "gladly and at once " * (a % 3) + f"(option {a}).",
+                        "value": "Benevolence", "polarity": 1 if a % 2 else -1, "split": "test"})
+    return out
+
+
+def few_shot_prompt(k=2):
+    demos = tuple((f"Scenario: a demonstration scene {j} " * 4 + f"\nAction: I act {j}.", f"Rating: {1 + j % 5}")
+                  for j in range(k))
+    return JudgePrompt(system="You value kindness above all.", demonstrations=demos, name=f"test-k{k}")
+
+
+def full_encoding(model, prompt, its, tokenizer=None):
+    return Evaluator(model.model, tokenizer or model.tokenizer, prompt=prompt, max_batch_size=1, prefix_reuse=False,
+                     progress=False).judge(its)
+
+
+def max_diff(a, b, key="probs"):
+    return max(abs(x - y) for r, s in zip(a, b) for x, y in zip(r[key], s[key]))
+
+
+def assert_same_judgments(got, want):
+    assert [r["id"] for r in got] == [r["id"] for r in want]
+    assert max_diff(got, want) < TOL
+    assert max(abs(a["rating"] - b["rating"]) for a, b in zip(got, want)) < TOL
+    assert max(abs(a["option_mass"] - b["option_mass"]) / b["option_mass"] for a, b in zip(got, want)) < TOL
+    assert [a["argmax"] for a in got] == [b["argmax"] for b in want]
+
+
+def test_scene_prefixes_equal_full_encoding_and_read_fewer_tokens(sharp_model):
+    prompt = few_shot_prompt(2)
+    its = scene_items(4, 3)
+    ev = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=prompt, max_batch_size=4, progress=False)
+    got = ev.judge(its)
+    assert ev.stats.n_prefix == len(its) and ev.stats.n_scene_prefix == len(its)
+    # Four scenes; the check item's scene (and the root) come from the check's full encoding.
+    assert ev.stats.scene_prefixes == 3 and ev.stats.scene_tokens > 3 * 10
+    root_only = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=prompt, max_batch_size=4, progress=False)
+    root_only.shared_prefix().scene_reuse = False
+    baseline = root_only.judge(its)
+    assert root_only.stats.n_scene_prefix == 0 and root_only.stats.n_prefix == len(its)
+    # Each scene's tokens below the root are read once instead of once per item.
+    saved = 2 * ev.stats.scene_tokens  # 3 items per scene: its tokens are read once, not 3 times
+    assert ev.stats.tokens_read <= root_only.stats.tokens_read - saved + 2 * max(len(x) for x in ev.encode(its))
+    want = full_encoding(sharp_model, prompt, its)
+    assert_same_judgments(got, want)
+    assert_same_judgments(baseline, want)
+    # The distributions differ between items (and scenes), so the comparison is not vacuous.
+    assert max_diff(want[:1] * len(want), want) > 1e-3
+
+
+def test_a_scene_prefix_is_the_prompt_up_to_the_action(sharp_model):
+    ev = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=few_shot_prompt(1), progress=False)
+    root = ev.shared_prefix()
+    item = scene_items(1, 1)[0]
+    encoded = ev.encode(scene_dummies(item))
+    ids = encoded[0][:common_prefix_length(encoded)]
+    text = sharp_model.tokenizer.decode(ids[len(root):])
+    assert text.startswith(" " + item["scenario"].split()[0]) and text.endswith("\nAction:")
+    assert ev.encode([item])[0][:len(ids)] == ids
+
+
+def test_mixed_scenes_in_one_batch(sharp_model, monkeypatch):
+    """Rows of different scenes (different scene prefix lengths, and root-only rows) share a
+    batch: each row's scene part is left-padded and masked inside the batch's cache."""
+    prompt = few_shot_prompt(2)
+    its = scene_items(3, 2) + [{**scene_items(1, 1, prefix="solo")[0], "scenario": "A scene of its own, alone."}]
+    seen = []
+    original = judge_module.prefix_batch
+
+    def recording(root, nodes, *args, **kwargs):
+        seen.append({id(n) for n in nodes})
+        return original(root, nodes, *args, **kwargs)
+
+    monkeypatch.setattr(judge_module, "prefix_batch", recording)
+    ev = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=prompt, max_batch_size=64, progress=False)
+    got = ev.judge(its)
+    assert ev.stats.n_scene_prefix == 6 and ev.stats.n_prefix == 7
+    assert max(len(s) for s in seen) == 4  # one batch held the three scenes and the root-only item
+    assert_same_judgments(got, full_encoding(sharp_model, prompt, its))
+
+
+def test_a_scene_whose_items_share_no_text_past_the_question(sharp_model):
+    """Items of one scene id whose scenarios differ (and a scene of one item) get no scene prefix:
+    the scene level groups by the rendered tokens, not by the id."""
+    prompt = few_shot_prompt(1)
+    its = [{**item, "scene_id": "one-scene", "scenario": f"Scenario text number {k} differs."}
+           for k, item in enumerate(scene_items(1, 4))]
+    ev = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=prompt, progress=False)
+    got = ev.judge(its)
+    assert ev.stats.n_prefix == 4 and ev.stats.n_scene_prefix == 0 and ev.stats.scene_prefixes == 0
+    assert_same_judgments(got, full_encoding(sharp_model, prompt, its))
+
+
+class MergingTokenizer:
+    """SmolLM2's tokenizer, except that ":" followed by " Zed" becomes one token (as a BPE vocabulary
+    with a ": Zed" merge would do): for an action starting with "Zed", the scene's last prefix
+    token is not a token of the item's own encoding."""
+
+    def __init__(self, tokenizer, merged_id):
+        self._tokenizer = tokenizer
+        self._pair = (tokenizer.encode(":", add_special_tokens=False)[0], tokenizer.encode(" Zed", add_special_tokens=False)[0])
+        self._merged = merged_id
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def _merge(self, ids):
+        out, i = [], 0
+        while i < len(ids):
+            if tuple(ids[i:i + 2]) == self._pair:
+                out.append(self._merged)
+                i += 2
+            else:
+                out.append(ids[i])
+                i += 1
+        return out
+
+    def __call__(self, texts, **kwargs):
+        encoded = self._tokenizer(texts, **kwargs)
+        return {"input_ids": [self._merge(ids) for ids in encoded["input_ids"]]}
+
+
+def test_a_tokenizer_that_merges_across_the_scene_boundary(sharp_model):
+    """The scene prefix is found on token ids and an item continues from it only if its own
+    encoding starts with exactly those ids: an item whose first action token merged with the
+    prefix's last one is judged from the root prefix instead, with unchanged results."""
+    tokenizer = MergingTokenizer(sharp_model.tokenizer, merged_id=1000)
+    prompt = few_shot_prompt(1)
+    its = scene_items(1, 3)
+    its.append({**its[0], "id": "merged", "action": "Zed helps the neighbour."})
+    ev = Evaluator(sharp_model.model, tokenizer, prompt=prompt, progress=False)
+    assert 1000 in ev.encode([its[-1]])[0]  # the merge really happens
+    got = ev.judge(its)
+    assert ev.stats.n_prefix == 4 and ev.stats.n_scene_prefix == 3
+    assert_same_judgments(got, full_encoding(sharp_model, prompt, its, tokenizer=tokenizer))
+
+
+def test_the_scene_level_check_catches_reuse_that_changes_results(sharp_model, monkeypatch, caplog):
+    """If continuing from a scene prefix does not reproduce full encoding (here: positions after
+    the scene part shifted, as a model with other position handling would), the one-time check at
+    that level turns it off with a warning; the root level stays on."""
+    original = judge_module.prefix_batch
+
+    def shifted(root, nodes, *args, **kwargs):
+        cache, mask, offsets = original(root, nodes, *args, **kwargs)
+        if mask.shape[1] > len(root):
+            offsets = offsets - 3
+        return cache, mask, offsets
+
+    monkeypatch.setattr(judge_module, "prefix_batch", shifted)
+    prompt = few_shot_prompt(2)
+    its = scene_items(2, 3)
+    ev = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=prompt, progress=False)
+    with caplog.at_level(logging.WARNING):
+        got = ev.judge(its)
+    assert "scene prefix key/value reuse changed" in caplog.text
+    assert ev.stats.n_prefix == len(its) and ev.stats.n_scene_prefix == 0
+    assert ev.shared_prefix().scene_reuse is False
+    monkeypatch.setattr(judge_module, "prefix_batch", original)
+    assert_same_judgments(got, full_encoding(sharp_model, prompt, its))
+
+
+def test_scene_prefixes_in_multitoken_and_generate_modes(sharp_model):
+    prompt = few_shot_prompt(1)
+    its = scene_items(2, 3)
+    for mode in ("logprob-multitoken", "generate"):
+        ev = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=prompt, mode=mode, max_new_tokens=3,
+                       progress=False)
+        got = ev.judge(its)
+        assert ev.stats.n_scene_prefix == len(its)
+        want = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=prompt, mode=mode, max_new_tokens=3,
+                         prefix_reuse=False, max_batch_size=1, progress=False).judge(its)
+        if mode == "generate":
+            assert [r.get("generated") for r in got] == [r.get("generated") for r in want]
+        else:
+            assert_same_judgments(got, want)
+
+
+@pytest.mark.slow
+def test_embedded_model_scene_prefixes_equal_full_encoding():
+    """SmolLM2-135M-Instruct on built-in items (several items per scene), zero-shot: the two-level
+    prefix cache gives the judgments of full encoding."""
+    from vat_hf.data import load_items
+    from vat_hf.models import load_model
+
+    loaded = load_model(None, device="cpu", dtype="float32")
+    items = [i for i in load_items("builtin") if i.get("split") != "train"][:40]
+    assert len({i["scenario"] for i in items}) < len(items) / 2
+    ev = Evaluator(loaded.model, loaded.tokenizer, progress=False)
+    got = ev.judge(items)
+    assert ev.stats.n_scene_prefix >= len(items) // 2
+    want = Evaluator(loaded.model, loaded.tokenizer, prefix_reuse=False, progress=False).judge(items)
+    assert [a["argmax"] for a in got] == [b["argmax"] for b in want]
+    assert max_diff(got, want) < TOL
