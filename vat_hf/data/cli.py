@@ -65,7 +65,10 @@ def _print_failures(failures: List[Dict[str, Any]], where: Optional[Path], limit
         return
     table = Table(key, "reason", title=f"{len(failures)} rows not recovered" + (f" (all in {where})" if where else ""))
     for f in failures[:limit]:
-        table.add_row(str(f.get(key)), str(f.get("reason") or f.get("problem")))
+        where = f.get(key)
+        if key == "row" and isinstance(where, int):
+            where = where + 1  # rows are shown counted from 1 (as in every message), stored as 0-based indices
+        table.add_row(str(where), str(f.get("reason") or f.get("problem")))
     if len(failures) > limit:
         table.add_row("...", f"{len(failures) - limit} more")
     console.print(table)
@@ -181,7 +184,9 @@ def check_cmd(
     maps: Optional[List[str]] = typer.Option(None, "--map", help="FIELD=COLUMN (repeatable)."),
     threshold: float = typer.Option(0.8, help="Near-duplicate threshold (token-set Jaccard)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON."),
-    strict: bool = typer.Option(False, help="Exit with status 1 when there are problems (e.g. split leakage)."),
+    strict: bool = typer.Option(True, "--strict/--no-strict",
+                                help="Exit with status 1 when there are problems (rows that do not fit the item schema, "
+                                     "duplicate ids, split leakage); --no-strict only reports them."),
 ):
     """Quality checks: balance, duplicates, split leakage, lengths (a table; --json for the dict)."""
     from vat_hf.data.mapping import load_mapped
