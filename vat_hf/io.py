@@ -195,12 +195,14 @@ LOCK_OWNER_FILE = ".vat-hf.lock.owner.json"
 
 
 def _owner_text(folder: Path) -> str:
-    try:
-        owner = json.loads((folder / LOCK_OWNER_FILE).read_text(encoding="utf-8"))
-        return (f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('started')}: "
-                f"{owner.get('command')}")
-    except (OSError, ValueError, AttributeError):  # the owner is writing it right now, or died before
-        return "its owner did not record itself"
+    for _ in range(20):  # the holder writes its note just after taking the lock
+        try:
+            owner = json.loads((folder / LOCK_OWNER_FILE).read_text(encoding="utf-8"))
+            return (f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('started')}: "
+                    f"{owner.get('command')}")
+        except (OSError, ValueError, AttributeError):
+            time.sleep(0.1)
+    return "it has not recorded which it is"
 
 
 @contextlib.contextmanager

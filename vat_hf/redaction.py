@@ -38,7 +38,10 @@ SECRET_KEY = re.compile(
 )
 """Keys whose values are secrets: ``hub_token``, ``api_key``, ``HF_TOKEN``, ``x-api-key``,
 ``Authorization``, ``db_password``... but not ``n_tokens``, ``max_batch_tokens``, ``key`` (the
-judgment cache's item key) or ``token_ids``."""
+judgment cache's item key) or ``token_ids`` (nor the special tokens of :data:`NOT_SECRET_KEY`)."""
+
+NOT_SECRET_KEY = re.compile(r"^(?:eos|bos|pad|unk|sep|cls|mask|additional_special|chat_template)_tokens?$", re.IGNORECASE)
+"""A tokenizer's special tokens (``eos_token: "<|im_end|>"``, TRL's ``pad_token``): text, not credentials."""
 
 SECRET_TEXT = re.compile(
     r"\bhf_[A-Za-z0-9]{20,}"                         # Hugging Face user/organisation tokens
@@ -54,10 +57,10 @@ def is_secret_key(key: Any) -> bool:
 
     >>> [is_secret_key(k) for k in ("hub_token", "api_key", "Authorization", "HF_TOKEN", "x-api-key", "password")]
     [True, True, True, True, True, True]
-    >>> [is_secret_key(k) for k in ("n_tokens", "max_batch_tokens", "key", "token_ids", "monkey", "pad_token_id")]
-    [False, False, False, False, False, False]
+    >>> [is_secret_key(k) for k in ("n_tokens", "max_batch_tokens", "key", "token_ids", "monkey", "pad_token_id", "eos_token")]
+    [False, False, False, False, False, False, False]
     """
-    return isinstance(key, str) and bool(SECRET_KEY.search(key))
+    return isinstance(key, str) and bool(SECRET_KEY.search(key)) and not NOT_SECRET_KEY.match(key)
 
 
 def redact_text(text: str) -> str:

@@ -147,9 +147,11 @@ def read_table(source: PathLike, config: Optional[str] = None, split: Optional[s
         loaded = datasets.load_from_disk(str(path))
     elif path.is_file():
         builder = file_builder(path.name)
-        empty = file_problem(path) if path.stat().st_size == 0 else None
-        if empty is not None:  # the JSON builder's answer to an empty file is a bare StopIteration
-            raise empty
+        # Looked at first: the JSON builder's answer to an empty file is a bare StopIteration, and
+        # pyarrow keeps bytes that are not UTF-8 until a row is read, far from the file.
+        found = file_problem(path)
+        if found is not None:
+            raise found
         try:
             loaded = datasets.load_dataset(builder, data_files=str(path), split="train", **builder_kwargs)
         except (StopIteration, UnicodeDecodeError, ValueError, TypeError, KeyError) as err:

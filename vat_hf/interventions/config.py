@@ -40,7 +40,8 @@ class InterventionConfig:
             self.overrides = {}
         check_fields(self)
         if self.type != "prompt" and not self.recipe:
-            raise RecipeError(f"{self.type} intervention {self.name or ''}: give 'recipe', the training config YAML")
+            raise RecipeError(f"{self.type} intervention {self.name or ''}: no 'recipe'",
+                              fix=f"give recipe: the training config YAML (e.g. recipes/SmolLM2-135M-Instruct/{self.type}/config_demo.yaml)")
         if self.name is None:
             self.name = f"prompt-k{self.k_shots}" if self.type == "prompt" else self.type
         problem = name_problem(self.name)

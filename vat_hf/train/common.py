@@ -185,7 +185,8 @@ def training_config(method: str, script_args, training_args, model_args) -> Dict
     """Every parsed setting that can change the trained weights (the three dataclasses' fields
     less :data:`NOT_IN_FINGERPRINT`), the method, and the number of processes the launcher
     started (``WORLD_SIZE``: it changes the effective batch)."""
-    merged = {**dataclasses.asdict(script_args), **training_args.to_dict(), **dataclasses.asdict(model_args)}
+    # asdict, not TrainingArguments.to_dict: that one hides every *_token value (TRL's eos_token too).
+    merged = {**dataclasses.asdict(script_args), **dataclasses.asdict(training_args), **dataclasses.asdict(model_args)}
     kept = {k: _plain(v) for k, v in merged.items()
             if k not in NOT_IN_FINGERPRINT and not k.startswith(NOT_IN_FINGERPRINT_PREFIXES)}
     kept["method"] = method
