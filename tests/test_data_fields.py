@@ -69,7 +69,7 @@ def test_fill_splits_keeps_given_splits_assigns_the_rest_per_scene_and_refuses_m
     again = [{"scene_id": f"s{k % 9}", "split": ""} for k in reversed(range(27))]
     fill_splits(again, seed=4)
     assert {r["scene_id"]: r["split"] for r in again} == {r["scene_id"]: r["split"] for r in rows[:27]}
-    with pytest.raises(SplitConflictError, match="scene 'a' has a split on some rows and none on others .*row 1"):
+    with pytest.raises(SplitConflictError, match="scene 'a' has a split on some rows and none on others .*row 2"):
         fill_splits([{"scene_id": "a", "split": "test"}, {"scene_id": "a", "split": ""}])
 
 

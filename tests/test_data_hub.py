@@ -145,7 +145,7 @@ def test_unmappable_values_name_column_row_and_spellings(tmp_path):
     with pytest.raises(ColumnMappingError) as err:
         load_mapped(path, MAPPING)
     message = str(err.value)
-    assert message.startswith(f"{path}, row 3, column 'Label' (field 'polarity'): 'kind of' is not a polarity")
+    assert message.startswith(f"{path}, row 4, column 'Label' (field 'polarity'): 'kind of' is not a polarity")
     assert "positive/negative" in message and "1 more rows fail" in message
     assert err.value.row == 3 and err.value.column == "Label"
     items, failures = load_mapped(path, {**MAPPING, "on_error": "skip"}, return_failures=True)

@@ -114,10 +114,11 @@ def test_read_errors_name_the_file_row_field_and_fix(tmp_path):
     with pytest.raises(ItemValidationError) as err:
         load_items(str(path))
     message = str(err.value)
-    assert message.startswith(f"{path}, row 3 (id {rows[3]['id']!r}), field 'polarity': must be +1 or -1, got 5")
-    assert "Fix: use 1" in message and err.value.source == str(path) and err.value.row == 3
+    # Counted as an editor counts lines (the row at index 3 is line 4 of the JSONL file).
+    assert message.startswith(f"{path}, line 4 (id {rows[3]['id']!r}), field 'polarity': must be +1 or -1, got 5")
+    assert "\n  fix: use 1" in message and err.value.source == str(path) and err.value.row == 3
     assert str(pickle.loads(pickle.dumps(err.value))) == message  # whole across processes (accelerate, datasets.map)
-    with pytest.raises(ItemValidationError, match=r"not_schema\.jsonl, field 'id': not in the item schema.*--map FIELD=COLUMN"):
+    with pytest.raises(ItemValidationError, match=r"(?s)not_schema\.jsonl, field 'id': not in the item schema.*--map FIELD=COLUMN"):
         load_items(str(_make(tmp_path, "not_schema.jsonl")))
 
 

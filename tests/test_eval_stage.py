@@ -45,8 +45,8 @@ SETTINGS = [(cls, f) for cls in (EvalConfig, DataConfig) for f in dataclasses.fi
 def test_every_setting_is_settable_from_each_entry_point(cls, f, monkeypatch):
     value = other_value(f)
     section = "eval" if cls is EvalConfig else "data"
-    # 1. an experiment recipe's eval: / data: section
-    recipe = ExperimentConfig.from_dict({"target_value": "Power", section: {f.name: value}})
+    # 1. an experiment recipe's eval: / data: section (output_dir /tmp: a recipe's log_dir must lie inside it)
+    recipe = ExperimentConfig.from_dict({"target_value": "Power", "output_dir": "/tmp", section: {f.name: value}})
     assert getattr(getattr(recipe, section), f.name) == value
     # 2. python -m vat_hf.evaluate
     from vat_hf.evaluate import parse_args

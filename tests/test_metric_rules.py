@@ -360,7 +360,7 @@ def test_compare_judgments_matches_records_by_item_id():
                             a["polarity"][1:], a["scene"][1:], target_value="Benevolence", n_bootstrap=50)
     assert out["pairs"] == direct["pairs"]
     bad = [dict(r, polarity=-r["polarity"]) if r["id"] == "i3" else r for r in post_b]
-    with pytest.raises(ValueError, match=r"arms\['b'\]: item 'i3': polarity"):
+    with pytest.raises(ValueError, match=r"arms\['b'\] post: item 'i3': polarity is 1 here but -1"):
         compare_judgments({"a": (base, post_a), "b": (base, bad)}, "Benevolence", n_bootstrap=0)
 
 

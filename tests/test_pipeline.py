@@ -13,13 +13,13 @@ RECIPE = {"target_value": "benevolence", "interventions": [{"type": "prompt", "k
 def test_recipe_parsing_and_errors():
     cfg = ExperimentConfig.from_dict(RECIPE)
     assert cfg.target_value == "Benevolence" and cfg.interventions[0].name == "prompt-k2"
-    with pytest.raises(RecipeError, match="unknown key\\(s\\) \\['target'\\]"):
+    with pytest.raises(RecipeError, match=r"unknown key 'target' \(did you mean target_value\?\)"):
         ExperimentConfig.from_dict({"target": "Power"})
     with pytest.raises(RecipeError, match="'target_value' is required"):
         ExperimentConfig.from_dict({})
     with pytest.raises(RecipeError, match="interventions\\[0\\]: unknown key"):
         ExperimentConfig.from_dict({"target_value": "Power", "interventions": [{"type": "prompt", "shots": 2}]})
-    with pytest.raises(RecipeError, match="not one of"):
+    with pytest.raises(RecipeError, match=r"interventions\[0\]\.type = 'rlhf': must be one of 'prompt', 'sft', 'dpo'"):
         ExperimentConfig.from_dict({"target_value": "Power", "interventions": [{"type": "rlhf"}]})
     with pytest.raises(ValueError, match="valid names"):
         ExperimentConfig.from_dict({"target_value": "Kindness"})
@@ -86,9 +86,9 @@ def test_recipe_eval_section_takes_every_evaluator_setting():
     assert (cfg.eval.mode, cfg.eval.truncation, cfg.eval.max_length, cfg.eval.prefix_reuse, cfg.eval.limit) == \
         ("generate", "left", 512, "false", 3)
     assert isinstance(cfg.eval, EvalConfig)
-    with pytest.raises(RecipeError, match=r"eval: unknown key\(s\) \['batch_size'\]"):
+    with pytest.raises(RecipeError, match=r"eval: unknown key 'batch_size' \(did you mean max_batch_size\?\)"):
         ExperimentConfig.from_dict({**RECIPE, "eval": {"batch_size": 8}})
-    with pytest.raises(ValueError, match="truncation='right' is not one of"):
+    with pytest.raises(ValueError, match="eval.truncation = 'right': must be one of 'refuse', 'left'"):
         ExperimentConfig.from_dict({**RECIPE, "eval": {"truncation": "right"}})
 
 

@@ -35,18 +35,18 @@ def test_errors_name_row_field_and_fix(overrides, field, fix):
     with pytest.raises(ItemValidationError) as err:
         validate_items([row(), row(id="s1/b", **overrides)])
     assert err.value.row == 1 and err.value.field == field
-    assert "row 1" in str(err.value) and repr(field) in str(err.value) and fix in str(err.value)
+    assert "row 2" in str(err.value) and repr(field) in str(err.value) and fix in str(err.value)
 
 
 def test_missing_column_is_named():
     bad = row()
     del bad["country"]
-    with pytest.raises(ItemValidationError, match="row 0.*'country': missing"):
+    with pytest.raises(ItemValidationError, match="row 1.*'country': missing"):
         validate_items([bad])
 
 
 def test_duplicate_ids_and_scene_in_two_splits_are_refused():
-    with pytest.raises(ItemValidationError, match="duplicate of row 0"):
+    with pytest.raises(ItemValidationError, match="row 2 .*duplicate of row 1"):
         validate_items([row(), row()])
-    with pytest.raises(ItemValidationError, match="scene 's1' is 'train' here but 'test' at row 0"):
+    with pytest.raises(ItemValidationError, match="scene 's1' is 'train' here but 'test' at row 1"):
         validate_items([row(), row(id="s1/b", split="train")])

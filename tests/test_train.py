@@ -103,26 +103,84 @@ def test_two_trl_steps_change_the_adapter_and_nothing_else(method, tmp_path, tin
     assert any("lora_B" in name for name in changed)  # lora_B starts at zero: the adapter now does something
 
 
-def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir):
+def _interrupted_at(monkeypatch, step: int):
+    """Make the next run_training stop (as a kill would) when step ``step + 1`` begins, after
+    checkpoint-``step`` was written and recorded."""
     from transformers import TrainerCallback
 
-    from vat_hf.train.common import build_trainer, run_training
+    import vat_hf.train.common as common
 
     class Interrupt(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            raise KeyboardInterrupt  # killed right after checkpoint-1 was written
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise KeyboardInterrupt
+
+    build = common.build_trainer
+
+    def build_and_interrupt(*args, **kwargs):
+        trainer, info = build(*args, **kwargs)
+        trainer.add_callback(Interrupt())
+        monkeypatch.setattr(common, "build_trainer", build)  # only this once
+        return trainer, info
+
+    monkeypatch.setattr(common, "build_trainer", build_and_interrupt)
+
+
+def test_interrupted_run_resumes_and_reports_the_loss_of_every_step(tmp_path, tiny_model_dir, monkeypatch):
+    """A resumed run equals an uninterrupted one: same adapter weights, and a train_loss over all
+    steps (the trainer's own covers only the resumed ones)."""
+    from safetensors.torch import load_file
+
+    from vat_hf.train.common import CHECKPOINT_RECORD, run_training
+
+    keys = dict(save_strategy="steps", save_steps=2, max_steps=4, learning_rate=1e-2)
+    whole = tmp_path / "whole"
+    run_training("sft", *parse_training_args("sft", ["--config", str(tiny_recipe(tmp_path / "w.yaml", tiny_model_dir,
+                                                                                 output_dir=str(whole), **keys))]))
+    out = tmp_path / "out"
+    recipe = tiny_recipe(tmp_path / "r.yaml", tiny_model_dir, output_dir=str(out), **keys)
+    _interrupted_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_training("sft", *parse_training_args("sft", ["--config", str(recipe)]))
+    assert (out / "checkpoint-2" / CHECKPOINT_RECORD).is_file() and read_training_info(out) is None
+    run_training("sft", *parse_training_args("sft", ["--config", str(recipe), "--resume"]))
+    info, reference = read_training_info(out), read_training_info(whole)
+    assert info["resumed_from"].endswith("checkpoint-2") and info["train_metrics"]["global_step"] == 4
+    assert info["fingerprint"] == reference["fingerprint"]
+    assert info["train_metrics"]["train_loss"] == pytest.approx(reference["train_metrics"]["train_loss"], rel=1e-6)
+    assert "train_loss_steps" not in info["train_metrics"]  # every step is covered
+    a, b = load_file(out / "adapter_model.safetensors"), load_file(whole / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "Benevolence" in (out / "README.md").read_text()
+
+
+def test_a_checkpoint_of_another_recipe_is_refused_before_loading(tmp_path, tiny_model_dir, monkeypatch):
+    """Resuming with another learning rate would train on with the old one (the scheduler state
+    comes from the checkpoint); another LoRA rank would fail in a 400-line size mismatch. Both
+    are refused, naming the settings and the fix, before any weights are loaded; a checkpoint
+    without its record (an interrupted save) is passed over."""
+    import shutil
+
+    from vat_hf.train.common import CHECKPOINT_RECORD, run_training
 
     out = tmp_path / "out"
-    recipe = tiny_recipe(tmp_path / "r.yaml", tiny_model_dir, output_dir=str(out), save_strategy="steps", save_steps=1)
-    trainer, _ = build_trainer("sft", *parse_training_args("sft", ["--config", str(recipe)]))
-    trainer.add_callback(Interrupt())
+    keys = dict(output_dir=str(out), save_strategy="steps", save_steps=1, max_steps=3)
+    recipe = tiny_recipe(tmp_path / "r.yaml", tiny_model_dir, **keys)
+    _interrupted_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        trainer.train()
-    assert (out / "checkpoint-1").is_dir() and read_training_info(out) is None
+        run_training("sft", *parse_training_args("sft", ["--config", str(recipe)]))
+    monkeypatch.setattr("vat_hf.train.common.load_base_model", lambda *a, **k: pytest.fail("loaded a model"))
+    for flags, shown in ((["--learning_rate", "1e-5"], "learning_rate: 0.01 there, 1e-05 now"),
+                         (["--lora_r", "8"], "lora_r: 4 there, 8 now")):
+        with pytest.raises(TrainingConfigError, match="written by another training recipe") as err:
+            run_training("sft", *parse_training_args("sft", ["--config", str(recipe), "--resume", *flags]))
+        assert shown in str(err.value) and f"remove {out}/checkpoint-*" in str(err.value)
+    # A newer checkpoint without a record (its save was cut short) is not resumed from.
+    shutil.copytree(out / "checkpoint-2", out / "checkpoint-3")
+    (out / "checkpoint-3" / CHECKPOINT_RECORD).unlink()
+    monkeypatch.undo()
     run_training("sft", *parse_training_args("sft", ["--config", str(recipe), "--resume"]))
-    info = read_training_info(out)
-    assert info["resumed_from"].endswith("checkpoint-1") and info["train_metrics"]["global_step"] == 2
-    assert (out / "adapter_model.safetensors").exists() and "Benevolence" in (out / "README.md").read_text()
+    assert read_training_info(out)["resumed_from"].endswith("checkpoint-2")
 
 
 def _random_adapter(base_dir, path, seed):

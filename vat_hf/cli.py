@@ -6,6 +6,12 @@
     vat-hf run   recipes/demo/smollm2_benevolence.yaml
     vat-hf report RESULT.json [...] -o DIR
     vat-hf data  ...                       import, load, build, check and push item sets
+
+Every command shares one error surface (:func:`vat_hf.errors.run_main`'s rules): a user error
+(any ``VatHfError``: a bad recipe key, a bad item row, unpaired judgments, a folder in use ...,
+or a path that cannot be read or written) prints ``error: <message>`` with its fix and exits
+with status 1; ``vat-hf -v COMMAND`` shows the traceback too. Log lines and messages pass through
+the one redaction (:mod:`vat_hf.redaction`).
 """
 
 from __future__ import annotations
@@ -17,9 +23,27 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+
+from vat_hf.errors import is_user_error, report_error
+
+
+class ErrorSurfaceGroup(TyperGroup):
+    """The ``vat-hf`` command group: a user error of any subcommand (``data ...`` included) is
+    printed by :func:`vat_hf.errors.report_error` (``error: <message>``, the traceback first with
+    ``-v``) and ends the command with status 1, under ``vat-hf`` and typer's test runner alike."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as err:  # noqa: BLE001 - a bug keeps its traceback (re-raised below)
+            if not is_user_error(err):
+                raise
+            raise typer.Exit(code=report_error(err, verbose=bool(ctx.params.get("verbose")))) from None
+
 
 app = typer.Typer(help="Measure the Value Alignment Tax of aligning a language model.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, cls=ErrorSurfaceGroup)
 console = Console()
 
 
@@ -38,8 +62,11 @@ def _add_subcommands() -> None:
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")):
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details; show an error's traceback.")):
+    from vat_hf.redaction import install_log_redaction
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
 
 
 @app.command()
@@ -65,7 +92,9 @@ def eval_(ctx: typer.Context):
     """
     from vat_hf.evaluate import main as evaluate_main
 
-    evaluate_main(list(ctx.args), prog="vat-hf eval")
+    status = evaluate_main(list(ctx.args), prog="vat-hf eval")
+    if status:
+        raise typer.Exit(code=status)
 
 
 @app.command()
@@ -77,13 +106,17 @@ def score(
     n_bootstrap: int = typer.Option(1000, help="Scene-bootstrap resamples for confidence intervals (0: none)."),
     level: str = typer.Option("basic", help="basic, higher_order or micro."),
     seed: int = typer.Option(0),
+    scale_min: float = typer.Option(1.0, "--scale-min", help="Lowest rating of the scale the items were rated on."),
+    scale_max: float = typer.Option(5.0, "--scale-max", help="Highest rating of that scale."),
 ):
-    """Score two judgment files with the VAT metric."""
+    """Score two judgment files with the VAT metric (items paired by id; every item left out is counted and shown)."""
     from vat_hf.io import read_jsonl, write_json
     from vat_hf.metrics.paired import score_judgments
     from vat_hf.report import markdown_table
 
-    result = score_judgments(read_jsonl(pre), read_jsonl(post), target_value, n_bootstrap=n_bootstrap, level=level, seed=seed)
+    result = score_judgments(read_jsonl(pre), read_jsonl(post), target_value, n_bootstrap=n_bootstrap, level=level,
+                             seed=seed, scale_min=scale_min, scale_max=scale_max, pre_name=str(pre), post_name=str(post))
+    # What pairing left out (unpaired items, items without a rating) is logged as a warning.
     _print_text(markdown_table({"name": post.stem, "target_value": result["target_value"], "vat": result}))
     if output:
         write_json(output, result)

@@ -1,13 +1,21 @@
-"""Ending a multi-process run (``accelerate launch``) without a hang at exit.
+"""Multi-process runs (``accelerate launch``): checked at the start, ended without a hang.
 
 Every entry point that may run in several processes (``vat_hf.train.sft``/``dpo``,
-``vat_hf.evaluate``) ends with :func:`end_distributed` instead of a bare
-``accelerator.end_training()``.
+``vat_hf.evaluate``) checks with :func:`check_launch` that its processes really form the
+distributed run the launcher started (and refuses before any work otherwise), and ends with
+:func:`end_distributed` instead of a bare ``accelerator.end_training()``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import List
+
+from vat_hf.errors import VatHfError
+
+
+class LaunchError(VatHfError, RuntimeError):
+    """Processes started by a launcher that do not form the distributed run it started."""
 
 # Handles of the last barrier of each run, alive until the process exits (see end_distributed).
 _FINAL_BARRIERS: List[object] = []
@@ -42,3 +50,41 @@ def end_distributed(accelerator) -> None:
         else:
             accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (``WORLD_SIZE``, set by torchrun and
+    ``accelerate launch``; 1 when not launched)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    except ValueError:
+        return 1
+
+
+def check_launch(distributed_type: str, num_processes: int, what: str = "this run", use_cpu: bool = False) -> None:
+    """Refuse a run whose processes do not form the distributed run the launcher started: N
+    processes launched (``WORLD_SIZE``) but the accelerator state of this one reports another
+    number or no distribution (each would do all the work alone, into one output folder), or
+    the accelerate config asked for FSDP/DeepSpeed and the state is another type (on CPUs,
+    accelerate falls back to plain DDP).
+
+    >>> check_launch("NO", 1)
+    """
+    launched = launched_processes()
+    asked = next((kind for kind, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"))
+                  if os.environ.get(env, "").lower() in ("1", "true", "yes")), None)
+    if launched > 1 and (num_processes != launched or distributed_type == "NO"):
+        cpu_fix = ("" if use_cpu else "on a machine without GPUs set use_cpu: true (or --use_cpu true) so the processes "
+                   "join over gloo, with recipes/accelerate/ddp_2proc.yaml; ")
+        raise LaunchError(
+            f"the launcher started {launched} processes (WORLD_SIZE={launched}), but {what} in this process is "
+            f"distributed type {distributed_type} with {num_processes} process(es): the {launched} processes would "
+            f"each do all the work, separately, into one output folder",
+            fix=f"{cpu_fix}on GPUs check that every process sees its GPU (CUDA_VISIBLE_DEVICES) and that the "
+                f"accelerate config's num_processes and num_machines match the machines")
+    if asked and launched > 1 and distributed_type != asked:
+        raise LaunchError(
+            f"the accelerate config asks for {asked}, but {what} runs as {distributed_type} ({num_processes} processes)"
+            + (": FSDP and DeepSpeed need GPUs" if distributed_type == "MULTI_CPU" else ""),
+            fix="launch with a config of the type you mean: recipes/accelerate/ddp_2proc.yaml for processes on CPUs, "
+                "fsdp.yaml or deepspeed_zero3.yaml on GPUs")

@@ -28,10 +28,13 @@ import dataclasses
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Annotated, Any, Dict, List, Optional, Sequence
+
+from annotated_types import Ge
 
 from vat_hf.errors import VatHfError
 from vat_hf.evaluation.config import DataConfig, EvalConfig
+from vat_hf.validation import check_fields
 
 
 @dataclass
@@ -49,13 +52,16 @@ class EvalArguments:
         default=None, metadata={"help": "PEFT adapter folder or Hub id, loaded on the model without merging."})
     target_value: Optional[str] = field(
         default=None, metadata={"help": "Apply the prompt intervention toward this basic value."})
-    k_shots: int = field(
+    k_shots: Annotated[int, Ge(0)] = field(
         default=0, metadata={"help": "Few-shot demonstrations (from train scenes) for the prompt intervention."})
     system_prompt: bool = field(
         default=True, metadata={"help": "Use the value system prompt with --target_value."})
     name: Optional[str] = field(
         default=None, metadata={"help": "Run name in the log file names (default: the output file's stem)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the scene sample and the demonstrations."})
+    seed: Annotated[int, Ge(0)] = field(default=0, metadata={"help": "Seed of the scene sample and the demonstrations."})
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -113,8 +119,18 @@ def summary_line(results: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None, prog: str = "python -m vat_hf.evaluate") -> int:
+    """Parse, evaluate, print the summary; the exit status. A user error is printed as
+    ``error: <message>`` and gives 1 (the traceback with ``-v``; :func:`vat_hf.errors.run_main`)."""
+    from vat_hf.errors import run_main
+    from vat_hf.redaction import install_log_redaction
+
     args, data, config, verbose = parse_args(argv, prog)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
+    return run_main(lambda: _evaluate_and_print(args, data, config), verbose)
+
+
+def _evaluate_and_print(args: EvalArguments, data: DataConfig, config: EvalConfig) -> int:
     from vat_hf.evaluation.run import distributed_state
 
     accelerator, _, _ = distributed_state()

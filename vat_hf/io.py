@@ -1,19 +1,28 @@
 """Small file helpers shared by every stage: results are written atomically, so an interrupted
-run never leaves a truncated file that a later run would trust."""
+run never leaves a truncated file that a later run would trust; a write that fails for want of
+space says which file (:class:`vat_hf.errors.DiskFullError`) and leaves the old file whole; JSON
+and JSON lines pass through the one redaction (:func:`vat_hf.redaction.redact`), so no config,
+result or record carries a secret; and :func:`folder_lock` keeps a folder to one process."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
 import os
 import shutil
+import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, List, Mapping, Union
 
 import numpy as np
+
+from vat_hf.errors import InUseError, VatHfError, disk_full, is_disk_full
+from vat_hf.redaction import redact
 
 PathLike = Union[str, os.PathLike]
 
@@ -58,17 +67,24 @@ def atomic_write(path: PathLike, write: Callable[[str], Any]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``:
     readers see the old file or the whole new one, never a part."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full(path, err) from err
+        raise
     os.close(fd)
     try:
         write(tmp)
         # mkstemp makes the file private (0600); the result gets a plain file's mode, as open() gives.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, Exception) and not isinstance(err, VatHfError) and is_disk_full(err):
+            raise disk_full(path, err) from err
         raise
     return path
 
@@ -122,8 +138,10 @@ def atomic_write_dir(path: PathLike, build: Callable[[Path], Any]) -> Path:
     try:
         build(tmp)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700, as mkdir would have made it
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Exception) and not isinstance(err, VatHfError) and is_disk_full(err):
+            raise disk_full(path, err) from err
         raise
     if not path.exists():
         os.replace(tmp, path)
@@ -139,7 +157,8 @@ def atomic_write_dir(path: PathLike, build: Callable[[Path], Any]) -> Path:
 
 
 def write_json(path: PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
+    """``obj`` as indented JSON, atomically, without secrets (:func:`vat_hf.redaction.redact`)."""
+    return atomic_write_text(path, json.dumps(redact(to_jsonable(obj)), indent=2, ensure_ascii=False) + "\n")
 
 
 def read_json(path: PathLike) -> Any:
@@ -147,7 +166,8 @@ def read_json(path: PathLike) -> Any:
 
 
 def write_jsonl(path: PathLike, records: Iterable[Mapping]) -> Path:
-    lines = [json.dumps(to_jsonable(r), ensure_ascii=False) for r in records]
+    """One JSON line per record, atomically, without secrets (:func:`vat_hf.redaction.redact`)."""
+    lines = [json.dumps(redact(to_jsonable(r)), ensure_ascii=False) for r in records]
     return atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
@@ -165,3 +185,61 @@ def iter_jsonl(path: PathLike) -> Iterator[dict]:
 
 def read_jsonl(path: PathLike) -> List[dict]:
     return list(iter_jsonl(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# One process per folder
+
+LOCK_FILE = ".vat-hf.lock"
+LOCK_OWNER_FILE = ".vat-hf.lock.owner.json"
+
+
+def _owner_text(folder: Path) -> str:
+    for _ in range(20):  # the holder writes its note just after taking the lock
+        try:
+            owner = json.loads((folder / LOCK_OWNER_FILE).read_text(encoding="utf-8"))
+            return (f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('started')}: "
+                    f"{owner.get('command')}")
+        except (OSError, ValueError, AttributeError):
+            time.sleep(0.1)
+    return "it has not recorded which it is"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: PathLike, what: str = "output folder"):
+    """Hold an exclusive lock on ``folder`` (created if needed) for the ``with`` block, or fail
+    at once with :class:`vat_hf.errors.InUseError` naming the process that holds it (pid, host,
+    start time, command, from ``.vat-hf.lock.owner.json``).
+
+    The lock is ``filelock``'s (``flock`` on ``.vat-hf.lock``): the system drops it when its
+    process ends however it ends, ``kill -9`` included, so a lock is never left stale. Another
+    process's lock on the same folder is refused, and so is a second lock from the same process
+    (a nested ``folder_lock`` on one folder is a bug).
+    """
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_FILE), is_singleton=False, thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InUseError(f"{what} {folder} is in use by another vat-hf process ({_owner_text(folder)})",
+                         fix=f"wait for that process to finish (or stop it), or use another {what}") from None
+    try:
+        try:
+            atomic_write_text(folder / LOCK_OWNER_FILE, json.dumps({
+                "pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+        except OSError:
+            pass  # the lock holds without its note (a full disk, say); the run's own writes will report it
+        yield folder
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(folder / LOCK_OWNER_FILE)
+        lock.release()
+        if created:  # a run that stopped before writing anything leaves no folder behind
+            with contextlib.suppress(OSError):
+                (folder / LOCK_FILE).unlink(missing_ok=True)
+                folder.rmdir()  # only when empty

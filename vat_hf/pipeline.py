@@ -19,6 +19,19 @@ Layout of ``output_dir``::
     adapters/<name>/                    trained adapters, with their model cards
     results/<name>.json                 each intervention's result: provenance, both evaluations, VAT
     report/                             report.md, report.html, figures
+    .vat-hf.lock                        held while a run works here (a second run on it is refused)
+
+The recipe is validated whole before anything is loaded or written
+(:meth:`ExperimentConfig.from_yaml`, :mod:`vat_hf.validation`): YAML syntax (file, line,
+column), a mapping at the top, known keys, every field's type and range from the dataclasses'
+type hints, intervention names that are safe file names and not ``baseline`` (the baseline's
+stage name), and every stage's files resolved inside ``output_dir``. Command-line overrides
+(``--output-dir``, ``--max-scenes``) are validated the same way.
+
+One run at a time per ``output_dir``: :meth:`ExperimentRunner.run` holds an exclusive lock on it
+(:func:`vat_hf.io.folder_lock`) and a second run there fails at once, naming the process that
+holds it. (Evaluations outside ``vat-hf run`` share a judgment cache safely; see
+:mod:`vat_hf.evaluation.cache`.)
 """
 
 from __future__ import annotations
@@ -30,16 +43,18 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Tuple
 
-import yaml
+from annotated_types import Ge, Gt, Lt, MinLen
 
 from vat_hf.errors import RecipeError
 from vat_hf.evaluation.config import DataConfig, EvalConfig
 from vat_hf.interventions.config import InterventionConfig
-from vat_hf.io import read_json, read_jsonl, write_json
+from vat_hf.io import folder_lock, read_json, read_jsonl, write_json
+from vat_hf.metrics.core import CENTERINGS, LEVELS, RESAMPLE_UNITS
 from vat_hf.prompts import JudgePrompt
-from vat_hf.values import canonical_value
+from vat_hf.validation import FieldError, RecipeSource, check_fields, check_inside, from_mapping, load_yaml, name_problem
+from vat_hf.values import UnknownValueError, canonical_value
 
 logger = logging.getLogger(__name__)
 
@@ -47,23 +62,28 @@ __all__ = ["DataConfig", "EvalConfig", "ExperimentConfig", "ExperimentRunner", "
            "RecipeError", "run_experiment"]
 
 
-def _from_mapping(cls, raw: Optional[Mapping], where: str):
-    raw = dict(raw or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise RecipeError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    return cls(**raw)
+BASELINE = "baseline"
+"""The baseline evaluation's stage name: its files are ``judgments/baseline.jsonl`` etc., so no
+intervention may take it."""
+RESERVED_STAGE_NAMES = (BASELINE,)
 
 
 @dataclass
 class MetricConfig:
-    n_bootstrap: int = 1000
-    confidence: float = 0.95
-    level: str = "basic"
-    resample: str = "scene"  # unit of resampling: scene, country, domain or two_way
-    centering: str = "none"  # "scene": ipsative centring per scene and state
-    n_sign_flips: int = 5000  # permutations of the sign-flip tests and tax_null
+    """The metric's settings (a recipe's ``metric:`` section); each field checked against its hint."""
+
+    n_bootstrap: Annotated[int, Ge(0)] = field(default=1000, metadata={"help": "Bootstrap resamples (0: none)."})
+    confidence: Annotated[float, Gt(0), Lt(1)] = field(default=0.95, metadata={"help": "Confidence level of the intervals."})
+    level: Literal[LEVELS] = field(default="basic", metadata={"help": "basic, higher_order or micro values."})
+    resample: Literal[RESAMPLE_UNITS] = field(
+        default="scene", metadata={"help": "Unit of resampling: scene, country, domain or two_way."})
+    centering: Literal[CENTERINGS] = field(
+        default="none", metadata={"help": "'scene': ipsative centring per scene and state."})
+    n_sign_flips: Annotated[int, Ge(0)] = field(
+        default=5000, metadata={"help": "Permutations of the sign-flip tests and tax_null."})
+
+    def __post_init__(self):
+        check_fields(self)
 
     def kwargs(self) -> Dict[str, Any]:
         """The metric's keyword arguments (compute_vat, compare_paired) from this config."""
@@ -73,47 +93,101 @@ class MetricConfig:
 
 @dataclass
 class ExperimentConfig:
-    target_value: str
-    model: Optional[str] = None  # None / "SmolLM2-135M-Instruct": the embedded default
-    name: str = "vat-experiment"
-    output_dir: str = "outputs/vat-experiment"
-    seed: int = 0
+    """An experiment recipe: validated whole when it is made (every field against its type hint,
+    the intervention names, every stage's files inside ``output_dir``)."""
+
+    target_value: str = field(metadata={"help": "The basic Schwartz value the interventions aim at (e.g. Benevolence)."})
+    model: Optional[str] = field(
+        default=None, metadata={"help": "Hub id or folder of the base model (default: the embedded SmolLM2-135M-Instruct)."})
+    name: Annotated[str, MinLen(1)] = field(default="vat-experiment", metadata={"help": "The report's title."})
+    output_dir: Annotated[str, MinLen(1)] = field(
+        default="outputs/vat-experiment", metadata={"help": "Where every file of the run goes."})
+    seed: Annotated[int, Ge(0)] = field(
+        default=0, metadata={"help": "Seed of every random choice (scene sample, demonstrations, bootstrap)."})
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     metric: MetricConfig = field(default_factory=MetricConfig)
     interventions: List[InterventionConfig] = field(default_factory=list)
 
-    @classmethod
-    def from_dict(cls, raw: Mapping) -> "ExperimentConfig":
-        raw = dict(raw)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise RecipeError(f"experiment recipe: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        if "target_value" not in raw:
-            raise RecipeError("experiment recipe: 'target_value' is required (a basic Schwartz value)")
-        raw["target_value"] = canonical_value(raw["target_value"])
-        raw["data"] = _from_mapping(DataConfig, raw.get("data"), "data")
-        raw["eval"] = _from_mapping(EvalConfig, raw.get("eval"), "eval")
-        raw["metric"] = _from_mapping(MetricConfig, raw.get("metric"), "metric")
-        raw["interventions"] = [
-            _from_mapping(InterventionConfig, spec, f"interventions[{i}]") for i, spec in enumerate(raw.get("interventions") or [])
-        ]
-        names = [spec.name for spec in raw["interventions"]]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise RecipeError(f"interventions: names {duplicates} are used twice; give each a unique 'name'")
-        return cls(**raw)
+    def __post_init__(self):
+        check_fields(self)
+        try:
+            self.target_value = canonical_value(self.target_value)
+        except UnknownValueError as err:
+            raise FieldError("target_value", self.target_value, str(err).split(";")[0],
+                             fix=str(err).split("; ", 1)[-1]) from None
+        seen: Dict[str, int] = {}
+        for i, spec in enumerate(self.interventions):
+            key = ("interventions", i, "name")
+            problem = name_problem(spec.name, reserved=RESERVED_STAGE_NAMES)
+            if problem is not None:
+                raise FieldError(key, spec.name, *problem)
+            if spec.name.lower() in seen:
+                raise FieldError(key, spec.name, f"interventions[{seen[spec.name.lower()]}] has this name too",
+                                 fix="give each intervention a unique 'name' (names differing only in case are one file)")
+            seen[spec.name.lower()] = i
+        for stage in (BASELINE, *seen):
+            for kind, path in self.stage_paths(stage).items():
+                check_inside(path, self.output_dir, f"stage {stage!r} {kind} file")
+
+    def stage_paths(self, stage: str) -> Dict[str, Path]:
+        """Every file and folder a stage writes: the judgments, its evaluation's results and
+        per-sample records (in ``eval.log_dir`` when set), and, for an intervention, its result
+        and its adapter folder."""
+        out = Path(self.output_dir)
+        judgments = out / "judgments" / f"{stage}.jsonl"
+        log_dir = Path(self.eval.log_dir) if self.eval.log_dir else judgments.parent
+        paths = {"judgments": judgments, "evaluation results": log_dir / f"results_{stage}.json",
+                 "samples": log_dir / f"samples_{stage}.jsonl"}
+        if stage != BASELINE:
+            paths.update({"result": out / "results" / f"{stage}.json", "adapter": out / "adapters" / stage})
+        return paths
 
     @classmethod
-    def from_yaml(cls, path) -> "ExperimentConfig":
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"recipe {path} does not exist")
-        return cls.from_dict(yaml.safe_load(path.read_text()) or {})
+    def from_dict(cls, raw: Any, source: Optional[RecipeSource] = None) -> "ExperimentConfig":
+        """The config of a recipe mapping, validated whole (see :func:`vat_hf.validation.from_mapping`);
+        ``source`` (from :func:`vat_hf.validation.load_yaml`) puts file, line and column in errors."""
+        return from_mapping(cls, raw, source)
+
+    @classmethod
+    def from_yaml(cls, path, overrides: Optional[Mapping[Tuple[str, ...], Any]] = None) -> "ExperimentConfig":
+        """The config of a recipe file, validated whole; ``overrides`` (``{("data", "max_scenes"): 2}``)
+        replace keys before validation and are named as command-line values in errors."""
+        raw, source = load_recipe(path)
+        return cls.from_dict(apply_overrides(raw, source, overrides or {}), source)
 
     def to_dict(self) -> Dict:
         return dataclasses.asdict(self)
+
+
+def load_recipe(path) -> Tuple[Any, RecipeSource]:
+    """A recipe file's mapping and where its keys are (see :func:`vat_hf.validation.load_yaml`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} does not exist" if not path.exists() else f"recipe {path} is not a file",
+                          fix="give the path of an experiment recipe YAML (see recipes/demo/)")
+    raw, source = load_yaml(path)
+    return ({} if raw is None else raw), source
+
+
+def apply_overrides(raw: Any, source: RecipeSource, overrides: Mapping[Tuple[str, ...], Any]) -> Any:
+    """``raw`` with each ``key path -> value`` of ``overrides`` set (None values skipped); the
+    keys are then placed on the command line in error messages."""
+    if not isinstance(raw, Mapping) or not overrides:
+        return raw
+    raw = dict(raw)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = raw
+        for part in key[:-1]:
+            inner = node.get(part)
+            node[part] = dict(inner) if isinstance(inner, Mapping) else {}
+            node = node[part]
+        node[key[-1]] = value
+        source.marks.pop(tuple(key), None)
+        source.overridden[tuple(key)] = "--" + key[-1].replace("_", "-")
+    return raw
 
 
 class ExperimentRunner:
@@ -172,13 +246,18 @@ class ExperimentRunner:
         cfg = self.config
         eval_config = dataclasses.replace(cfg.eval, progress=cfg.eval.progress and self.progress)
         return run_evaluation(
-            eval_config, items=items, prompt=prompt, output=self.out / "judgments" / f"{stage}.jsonl",
+            eval_config, items=items, prompt=prompt, output=cfg.stage_paths(stage)["judgments"],
             model=cfg.model, adapter=adapter, name=stage, seed=cfg.seed, data_config=cfg.data.to_dict(),
             run_config={**cfg.to_dict(), "stage": stage}, default_cache_dir=self.out / "cache",
             loader=self._loader(adapter, stage))
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
+        """The whole experiment, holding ``output_dir``'s lock (a second run there is refused)."""
+        with folder_lock(self.out, what="output_dir"):
+            return self._run()
+
+    def _run(self) -> Dict[str, Any]:
         from vat_hf.evaluation.results import intervention_result
         from vat_hf.interventions import check_intervention, realise
         from vat_hf.metrics.paired import compare_judgments, score_judgments
@@ -195,11 +274,11 @@ class ExperimentRunner:
         for spec in cfg.interventions:  # a bad training recipe fails now, not after the evaluations
             if spec.type != "prompt":
                 check_intervention(spec, output_dir=self.out / "adapters" / spec.name, **training)
-        baseline = self.evaluate("baseline", items, JudgePrompt(name="baseline"))
+        baseline = self.evaluate(BASELINE, items, JudgePrompt(name=BASELINE))
         results = []
         pre_records = read_jsonl(baseline["files"]["judgments"])
         posts: Dict[str, List[Dict]] = {}
-        fingerprints: Dict[str, Any] = {"baseline": baseline["fingerprints"]}
+        fingerprints: Dict[str, Any] = {BASELINE: baseline["fingerprints"]}
         for spec in cfg.interventions:
             started = time.time()
             prompt, adapter = realise(spec, train_items=train_items, adapters_dir=self.out / "adapters", seed=cfg.seed,
@@ -207,7 +286,9 @@ class ExperimentRunner:
             post = self.evaluate(spec.name, items, prompt, adapter=adapter)
             posts[spec.name] = read_jsonl(post["files"]["judgments"])
             fingerprints[spec.name] = post["fingerprints"]
-            vat = score_judgments(pre_records, posts[spec.name], cfg.target_value, seed=cfg.seed, **cfg.metric.kwargs())
+            vat = score_judgments(pre_records, posts[spec.name], cfg.target_value, seed=cfg.seed,
+                                  pre_name=str(baseline["files"]["judgments"]), post_name=str(post["files"]["judgments"]),
+                                  **cfg.metric.kwargs())
             block = provenance(config=cfg.to_dict(), seed=cfg.seed, data=post["data"],
                                fingerprints={"pre": baseline["fingerprints"], "post": post["fingerprints"]},
                                started=started)
@@ -220,7 +301,7 @@ class ExperimentRunner:
 
                 result["trajectory"] = read_jsonl(trajectory_file)
                 result["drift_onset"] = drift_onset(result["trajectory"])
-            path = write_json(self.out / "results" / f"{spec.name}.json", result)
+            path = write_json(cfg.stage_paths(spec.name)["result"], result)
             if adapter:  # the trained adapter's model card gets its VAT result
                 from vat_hf.train.card import add_vat_result
 
@@ -245,16 +326,22 @@ class ExperimentRunner:
         return {"results": results, "report": report_paths, "baseline": baseline["summary"], "comparison": comparison}
 
 
+OVERRIDES = {"max_scenes": ("data", "max_scenes")}
+"""Command-line overrides that are not top-level keys: the key path they replace."""
+
+
 def run_experiment(config: "ExperimentConfig | str | Path", progress: bool = True, **overrides) -> Dict[str, Any]:
-    if not isinstance(config, ExperimentConfig):
-        config = ExperimentConfig.from_yaml(config)
+    """Run a recipe (a path or an :class:`ExperimentConfig`) with ``overrides`` of its keys
+    (``output_dir=...``, ``max_scenes=...``; None: keep the recipe's), validated with the recipe."""
+    known = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    paths = {}
     for key, value in overrides.items():
-        if value is None:
-            continue
-        if key == "max_scenes":
-            config.data.max_scenes = value
-        elif hasattr(config, key):
-            setattr(config, key, value)
-        else:
-            raise RecipeError(f"unknown override {key!r}")
+        if key not in OVERRIDES and key not in known:
+            raise RecipeError(f"unknown override {key!r}", fix=f"override one of {sorted(known | set(OVERRIDES))}")
+        paths[OVERRIDES.get(key, (key,))] = value
+    if isinstance(config, ExperimentConfig):
+        source = RecipeSource(None)
+        config = ExperimentConfig.from_dict(apply_overrides(config.to_dict(), source, paths), source)
+    else:
+        config = ExperimentConfig.from_yaml(config, overrides=paths)
     return ExperimentRunner(config, progress=progress).run()

@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from vat_hf.errors import VatHfError
+
 
 @dataclass(frozen=True)
 class BasicValue:
@@ -81,8 +83,17 @@ for _basic, _items in (
 del _basic, _items, _item
 
 
-class UnknownValueError(ValueError):
+class UnknownValueError(VatHfError, ValueError):
     """A value name that is not in the taxonomy; the message lists the valid names."""
+
+
+def _shown(name) -> str:
+    """A name as a message quotes it: numpy strings as plain ones (not ``np.str_('...')``).
+
+    >>> import numpy as np; _shown(np.str_("Kindness"))
+    "'Kindness'"
+    """
+    return repr(str(name)) if isinstance(name, str) else repr(name)
 
 
 def name_key(name: str) -> str:
@@ -107,7 +118,7 @@ def canonical_value(name: str) -> str:
     """
     found = _BASIC_BY_KEY.get(name_key(name))
     if found is None:
-        raise UnknownValueError(f"unknown basic value {name!r}; valid names: {', '.join(BASIC_VALUES)}")
+        raise UnknownValueError(f"unknown basic value {_shown(name)}; valid names: {', '.join(BASIC_VALUES)}")
     return found
 
 
@@ -115,7 +126,7 @@ def canonical_micro_value(name: str) -> str:
     """Return the canonical SVS item name for ``name`` (one of the 56)."""
     found = _MICRO_BY_KEY.get(name_key(name))
     if found is None:
-        raise UnknownValueError(f"unknown value-survey item {name!r}; valid names: {', '.join(MICRO_VALUES)}")
+        raise UnknownValueError(f"unknown value-survey item {_shown(name)}; valid names: {', '.join(MICRO_VALUES)}")
     return found
 
 
@@ -123,7 +134,7 @@ def canonical_group(name: str) -> str:
     """Return the canonical higher-order group name for ``name``."""
     found = _GROUP_BY_KEY.get(name_key(name))
     if found is None:
-        raise UnknownValueError(f"unknown higher-order group {name!r}; valid names: {', '.join(HIGHER_ORDER_GROUPS)}")
+        raise UnknownValueError(f"unknown higher-order group {_shown(name)}; valid names: {', '.join(HIGHER_ORDER_GROUPS)}")
     return found
 
 
@@ -159,7 +170,7 @@ def resolve_value_pair(name: str, kind: str = "auto") -> Tuple[str, Optional[str
     if kind in ("auto", "micro") and key in _MICRO_BY_KEY:
         micro = _MICRO_BY_KEY[key]
         return MICRO_VALUES[micro], micro
-    raise UnknownValueError(f"unknown value {name!r}; give {accepted}")
+    raise UnknownValueError(f"unknown value {_shown(name)}; give {accepted}")
 
 
 def resolve_value(name: str) -> str:

@@ -29,9 +29,14 @@ app = typer.Typer(help="Import, load, build, check and push scenario–action it
 console = Console()
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code=1)
+def _fail(err: Exception) -> None:
+    """Hand an error to vat-hf's one error surface (``error: <message>``, exit 1; see
+    :mod:`vat_hf.cli`): vat-hf's own errors as they are, a library's ValueError as one."""
+    from vat_hf.errors import VatHfError
+
+    if isinstance(err, (VatHfError, OSError)):
+        raise err
+    raise VatHfError(str(err)) from err
 
 
 def _split_list(text: Optional[str]) -> Optional[List[str]]:
@@ -65,7 +70,10 @@ def _print_failures(failures: List[Dict[str, Any]], where: Optional[Path], limit
         return
     table = Table(key, "reason", title=f"{len(failures)} rows not recovered" + (f" (all in {where})" if where else ""))
     for f in failures[:limit]:
-        table.add_row(str(f.get(key)), str(f.get("reason") or f.get("problem")))
+        where = f.get(key)
+        if key == "row" and isinstance(where, int):
+            where = where + 1  # rows are shown counted from 1 (as in every message), stored as 0-based indices
+        table.add_row(str(where), str(f.get("reason") or f.get("problem")))
     if len(failures) > limit:
         table.add_row("...", f"{len(failures) - limit} more")
     console.print(table)
@@ -86,7 +94,7 @@ def import_value_action_lens_cmd(
     try:
         result = import_value_action_lens(source, seed=seed, train_fraction=train_fraction)
     except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+        _fail(err)
     path = save_items(result.dataset, output, metadata=result.metadata, failures=result.failures)
     ds = result.dataset
     n_train = sum(1 for s in ds["split"] if s == "train")
@@ -125,7 +133,7 @@ def load_cmd(
                         seed=seed, train_fraction=train_fraction, on_error=on_error)
         items, failures = load_mapped(source, cmap, return_failures=True)
     except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+        _fail(err)
     path = save_items(items, output, failures=failures if failures else None)
     console.print(f"{len(items)} items in {len(set(items['scene_id']))} scenes -> {path}")
     _print_failures(failures, None)
@@ -167,7 +175,7 @@ def build_cmd(
         cfg = BuildConfig.from_dict({**cfg.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
         result = build_items(cfg, output, scenarios=given)
     except ValueError as err:
-        _fail(str(err))
+        _fail(err)
     stats = result.metadata["stats"]
     console.print(f"{stats['items']} items in {stats['scenes_kept']} of {stats['scenes']} scenes -> {result.items_path}; "
                   f"{stats['rejected_generations']} generations rejected, {stats['gave_up']} gave up "
@@ -181,7 +189,9 @@ def check_cmd(
     maps: Optional[List[str]] = typer.Option(None, "--map", help="FIELD=COLUMN (repeatable)."),
     threshold: float = typer.Option(0.8, help="Near-duplicate threshold (token-set Jaccard)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON."),
-    strict: bool = typer.Option(False, help="Exit with status 1 when there are problems (e.g. split leakage)."),
+    strict: bool = typer.Option(True, "--strict/--no-strict",
+                                help="Exit with status 1 when there are problems (rows that do not fit the item schema, "
+                                     "duplicate ids, split leakage); --no-strict only reports them."),
 ):
     """Quality checks: balance, duplicates, split leakage, lengths (a table; --json for the dict)."""
     from vat_hf.data.mapping import load_mapped
@@ -195,7 +205,7 @@ def check_cmd(
         else:
             items = read_items(source, validate=False)
     except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+        _fail(err)
     report = check_items(items, near_threshold=threshold)
     print_report(report, console=console, title=f"quality of {source}")
     if json_out:
@@ -229,7 +239,7 @@ def push_cmd(
         result = push_to_hub(items, repo_id, license=license, pretty_name=pretty_name, private=private, token=token,
                              revision=revision, create_pr=create_pr, commit_message=message, dry_run_dir=dry_run)
     except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+        _fail(err)
     files = ", ".join(f"{k} ({len(v)} B)" for k, v in result.files.items())
     if dry_run:
         console.print(f"dry run: would upload to {repo_id}: {files} -> written to {dry_run}")

@@ -24,6 +24,7 @@ import hashlib
 import re
 from typing import Any, Dict, Iterable, List, Mapping, MutableMapping, Optional, Sequence
 
+from vat_hf.errors import VatHfError
 from vat_hf.values import canonical_value
 
 # ---------------------------------------------------------------------------------------------
@@ -55,12 +56,13 @@ def assign_splits(scene_ids: Iterable[str], seed: int = 0, train_fraction: float
     return {s: ("train" if s in train else "test") for s in scenes}
 
 
-class SplitConflictError(ValueError):
+class SplitConflictError(VatHfError, ValueError):
     """A scene with a split on some rows and none on others."""
 
     def __init__(self, scene: str, row: int):
         self.scene, self.row = scene, row
-        super().__init__(f"scene {scene!r} has a split on some rows and none on others (first without one: row {row})")
+        super().__init__(f"scene {scene!r} has a split on some rows and none on others (first without one: row {row + 1})",
+                         fix="give every row of a scene the same split, or leave the split empty on all of them")
 
     def __reduce__(self):  # picklable across processes despite the custom signature
         return type(self), (self.scene, self.row)
@@ -88,7 +90,7 @@ def fill_splits(rows: Sequence[MutableMapping[str, Any]], seed: int = 0,
         rows[i]["split"] = splits[rows[i]["scene_id"]]
 
 
-class TrainSplitError(ValueError):
+class TrainSplitError(VatHfError, ValueError):
     """Intervention material asked for from items that are not all ``train`` items, or from a
     source that has none."""
 

@@ -19,10 +19,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional
 
+from vat_hf.errors import VatHfError
 from vat_hf.values import name_key
 
 
-class ParseError(ValueError):
+class ParseError(VatHfError, ValueError):
     """A model answer from which no usable structure could be recovered; the message says why."""
 
 

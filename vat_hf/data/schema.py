@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import datasets
 
 from vat_hf.data.fields import POLARITIES, SPLITS
+from vat_hf.errors import VatHfError
 from vat_hf.values import MICRO_VALUES, UnknownValueError, canonical_micro_value, canonical_value
 
 FIELD_DOCS = {
@@ -38,25 +40,44 @@ FIELDS = tuple(ITEM_FEATURES)
 REQUIRED_TEXT_FIELDS = ("id", "scene_id", "country", "domain", "scenario", "action", "value", "split")
 
 
-class ItemValidationError(ValueError):
+def row_label(index: int, source: Optional[str] = None) -> str:
+    """How a message names the row at 0-based ``index``: counted from 1, as a person counts rows,
+    and for a JSON-lines or CSV file also the line an editor shows (a CSV's header is line 1).
+
+    >>> row_label(3), row_label(3, "items.jsonl"), row_label(3, "items.csv.gz")
+    ('row 4', 'line 4', 'row 4 (line 5)')
+    """
+    suffixes = [s.lower() for s in Path(str(source)).suffixes] if source else []
+    if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz", ".zst"):
+        suffixes = suffixes[:-1]
+    kind = suffixes[-1] if suffixes else None
+    if kind == ".jsonl":
+        return f"line {index + 1}"
+    if kind == ".csv":
+        return f"row {index + 1} (line {index + 2})"
+    return f"row {index + 1}"
+
+
+class ItemValidationError(VatHfError, ValueError):
     """A row (or a table) that does not fit the item schema. Names the source when known, the row
-    (``None`` for the whole table), the field and the fix."""
+    (``row``: its 0-based index, ``None`` for the whole table; shown counted from 1, see
+    :func:`row_label`), the field and the fix."""
 
     def __init__(self, row: Optional[int], field: str, problem: str, fix: str, item_id: Optional[str] = None,
                  source: Optional[str] = None):
-        self.row, self.field, self.problem, self.fix, self.item_id, self.source = row, field, problem, fix, item_id, source
-        super().__init__(row, field, problem, fix)
+        super().__init__(problem, fix)
+        self.row, self.field, self.problem, self.item_id, self.source = row, field, problem, item_id, source
 
     def where(self) -> List[str]:
         """The parts of the message that say where: source, row (and id), field."""
         parts = [str(self.source)] if self.source else []
         if self.row is not None:
-            parts.append(f"row {self.row}" + (f" (id {self.item_id!r})" if self.item_id else ""))
+            parts.append(row_label(self.row, self.source) + (f" (id {self.item_id!r})" if self.item_id else ""))
         parts.append(f"field {self.field!r}")
         return parts
 
     def __str__(self) -> str:
-        return f"{', '.join(self.where())}: {self.problem}. Fix: {self.fix}"
+        return f"{', '.join(self.where())}: {self.problem}\n  fix: {self.fix}"
 
     def __reduce__(self):  # picklable with a source set after the error was made
         return type(self), (self.row, self.field, self.problem, self.fix, self.item_id, self.source)
@@ -121,13 +142,13 @@ def validate_items(rows: Iterable[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     for index, row in enumerate(rows):
         item = normalize_item(row, index)
         if item["id"] in seen_ids:
-            raise ItemValidationError(index, "id", f"duplicate of row {seen_ids[item['id']]}", "give every item a unique id", item["id"])
+            raise ItemValidationError(index, "id", f"duplicate of {row_label(seen_ids[item['id']])}", "give every item a unique id", item["id"])
         seen_ids[item["id"]] = index
         first = scene_split.setdefault(item["scene_id"], (item["split"], index))
         if first[0] != item["split"]:
             raise ItemValidationError(
                 index, "split",
-                f"scene {item['scene_id']!r} is {item['split']!r} here but {first[0]!r} at row {first[1]}",
+                f"scene {item['scene_id']!r} is {item['split']!r} here but {first[0]!r} at {row_label(first[1])}",
                 "assign splits per scene so no scene is in both", item["id"],
             )
         items.append(item)

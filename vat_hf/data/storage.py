@@ -39,6 +39,7 @@ import datasets
 from vat_hf import __version__
 from vat_hf.data.fields import ITEM_ID_VERSION, SPLITS
 from vat_hf.data.schema import FIELDS, ItemValidationError, to_dataset
+from vat_hf.errors import VatHfError
 from vat_hf.io import atomic_write, atomic_write_dir, write_json, write_jsonl
 
 PathLike = Union[str, Path]
@@ -56,6 +57,51 @@ ACCEPTED_SOURCES = (f"a {'/'.join(sorted(FILE_BUILDERS))} file (optionally {'/'.
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
+
+
+class ItemSourceError(VatHfError, ValueError):
+    """An item file that cannot be read as a table at all (empty, not UTF-8, not the format its
+    name says); names the file and, where there is one, the line."""
+
+
+def file_problem(path: Path) -> Optional[ItemSourceError]:
+    """What makes a local file unreadable as a table, found by looking at its bytes: empty, or
+    not UTF-8 (with the line and column of the first bad byte); None when neither.
+
+    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "x.jsonl"; _ = p.write_bytes(b'{"a": 1}\\n{"id": "caf\\xe9"}\\n')
+    >>> print(str(file_problem(p)).replace(str(p), "x.jsonl"))
+    x.jsonl:2:12: not UTF-8 text (byte 0xe9: invalid continuation byte)
+      fix: save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)
+    """
+    if not path.is_file():
+        return None
+    if path.stat().st_size == 0:
+        return ItemSourceError(f"{path} is empty: no items", fix="give a file with one item per row (or line)")
+    if path.suffix.lower() in COMPRESSIONS or path.suffix.lower() in (".parquet", ".pq"):
+        return None  # binary formats: their readers' own errors name the problem
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        line = data.count(b"\n", 0, err.start) + 1
+        return ItemSourceError(f"{path}:{line}:{err.start - line_start + 1}: not UTF-8 text "
+                               f"(byte 0x{data[err.start]:02x}: {err.reason})",
+                               fix="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+    if not data.strip():
+        return ItemSourceError(f"{path} holds only blank lines: no items", fix="give a file with one item per row (or line)")
+    return None
+
+
+def _unreadable(path: Path, err: BaseException) -> ItemSourceError:
+    """The error of a file a reader failed on: what its bytes show, else the reader's message
+    with the file's name."""
+    found = file_problem(path)
+    if found is not None:
+        return found
+    first = (str(err) or type(err).__name__).splitlines()[0]
+    return ItemSourceError(f"{path}: cannot be read as {file_builder(path.name)} ({type(err).__name__}: {first})",
+                           fix=f"check the file's format against its name; accepted: {ACCEPTED_SOURCES}")
 
 
 def file_builder(name: str) -> str:
@@ -100,7 +146,20 @@ def read_table(source: PathLike, config: Optional[str] = None, split: Optional[s
     elif is_disk_dataset(path):
         loaded = datasets.load_from_disk(str(path))
     elif path.is_file():
-        loaded = datasets.load_dataset(file_builder(path.name), data_files=str(path), split="train", **builder_kwargs)
+        builder = file_builder(path.name)
+        # Looked at first: the JSON builder's answer to an empty file is a bare StopIteration, and
+        # pyarrow keeps bytes that are not UTF-8 until a row is read, far from the file.
+        found = file_problem(path)
+        if found is not None:
+            raise found
+        try:
+            loaded = datasets.load_dataset(builder, data_files=str(path), split="train", **builder_kwargs)
+        except (StopIteration, UnicodeDecodeError, ValueError, TypeError, KeyError) as err:
+            raise _unreadable(path, err) from err
+        except Exception as err:  # pyarrow's and the builders' own errors (ArrowInvalid, DatasetGenerationError, ...)
+            if type(err).__module__.split(".")[0] not in ("pyarrow", "datasets"):
+                raise
+            raise _unreadable(path, err) from err
     elif path.is_dir():
         saved = _saved_item_files(path)
         if saved and not (path / "README.md").exists():  # e.g. a `vat-hf data build` folder
@@ -142,6 +201,8 @@ def read_items(source: PathLike, validate: bool = True, **read_kwargs: Any) -> d
     except ItemValidationError as err:
         err.source = str(source)
         raise
+    except UnicodeDecodeError as err:  # pyarrow read the bytes; decoding a row to Python fails
+        raise _unreadable(Path(str(source)).expanduser(), err) from err
     meta = read_metadata(raw) or _read_sidecar(Path(str(source)))
     ds.info.description = json.dumps(meta, ensure_ascii=False) if meta else raw.info.description
     return ds

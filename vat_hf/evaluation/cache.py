@@ -25,6 +25,20 @@ Durability: each finished batch is appended with one ``write`` and ``flush`` + `
 kill loses at most the batch in flight. A torn last line (a kill during the write) is ignored on
 read and cut off before the next append. Data-parallel processes each append to their own part
 file (``part-<rank>.jsonl``); every part is read.
+
+A cache is input like any other and is validated on load: a line that is not JSON, whose key
+does not belong to its item in this namespace, or whose outputs are impossible (a rating off
+the scale, a distribution that does not sum to one or disagrees with its rating, ...; see
+:func:`outputs_problem`) is ignored with a warning naming the file and line, and its item is
+judged again.
+
+Sharing between processes: two evaluations of one model, adapter, prompt and scoring setup (two
+``vat-hf eval`` on one ``$VAT_HF_CACHE``, say) share a namespace and may append to the same part
+file. Each append, and the cut of a torn last line before it, holds a short lock on that part
+file (``part-<r>.jsonl.lock``, :mod:`filelock`), so neither can cut or interleave the other's
+lines; both may judge an item neither had cached (the cache then holds it twice, which is
+harmless: the outputs are the same and either line serves). ``vat-hf run`` keeps a whole run to
+itself with a lock on its ``output_dir`` (:mod:`vat_hf.pipeline`).
 """
 
 from __future__ import annotations
@@ -39,7 +53,9 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
+from vat_hf.errors import disk_full, is_disk_full
 from vat_hf.io import to_jsonable, write_json
+from vat_hf.prompts import OPTIONS, SCALE_MAX, SCALE_MIN
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +224,55 @@ def tokenizer_fingerprint(tokenizer) -> str:
     })[:32]
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def outputs_problem(out) -> Optional[str]:
+    """Why a cached ``out`` cannot be a judgment of this evaluator, or None when it can: a
+    rating off the scale or not a number, a missing rating without its reason, a distribution
+    over the options that is not one (wrong length, negative, not summing to 1) or whose mean
+    is not the rating, an option mass outside [0, 1], an argmax that is no option.
+
+    >>> outputs_problem({"rating": 3.0, "probs": [0, 0, 1, 0, 0], "option_mass": 0.9, "argmax": 3, "mode": "logprob"})
+    >>> outputs_problem({"rating": 99, "probs": None, "mode": "generate"})
+    'rating 99 is outside the scale [1, 5]'
+    >>> outputs_problem({"rating": 4.0, "probs": [0, 0, 1, 0, 0], "mode": "logprob"})
+    'rating 4.0 is not the mean of its distribution (3)'
+    """
+    if not isinstance(out, Mapping):
+        return f"the outputs are a {type(out).__name__}, not a mapping"
+    if not isinstance(out.get("mode"), str):
+        return "no scoring mode"
+    rating = out.get("rating")
+    if rating is None:
+        if not isinstance(out.get("missing_reason"), str) or not out["missing_reason"]:
+            return "no rating and no reason why"
+    elif not _number(rating):
+        return f"rating {rating!r} is not a number"
+    elif not SCALE_MIN <= rating <= SCALE_MAX:
+        return f"rating {rating!r} is outside the scale [{SCALE_MIN}, {SCALE_MAX}]"
+    probs = out.get("probs")
+    if probs is not None:
+        if not isinstance(probs, list) or len(probs) != len(OPTIONS):
+            return f"probs is not a list of {len(OPTIONS)} probabilities"
+        if rating is not None:  # a missing rating carries NaN probabilities (None in JSON)
+            if not all(_number(p) and -1e-9 <= p <= 1 + 1e-9 for p in probs):
+                return "probs holds a value that is not a probability"
+            if abs(sum(probs) - 1.0) > 1e-4:
+                return f"probs sums to {sum(probs):.6g}, not 1"
+            mean = sum((SCALE_MIN + k) * p for k, p in enumerate(probs))
+            if abs(mean - rating) > 1e-4:
+                return f"rating {rating!r} is not the mean of its distribution ({mean:.6g})"
+    mass = out.get("option_mass")
+    if mass is not None and not (_number(mass) and -1e-9 <= mass <= 1 + 1e-6):
+        return f"option_mass {mass!r} is not within [0, 1]"
+    argmax = out.get("argmax")
+    if argmax is not None and (not _number(argmax) or argmax not in range(SCALE_MIN, SCALE_MAX + 1)):
+        return f"argmax {argmax!r} is not an option"
+    return None
+
+
 def _finite(out: Mapping) -> Dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
@@ -231,16 +296,20 @@ class JudgmentCache:
 
     # -- reading --------------------------------------------------------------------------------
     def load(self) -> Dict[str, Dict]:
-        """Every complete entry of every part file, by key (re-read on each call)."""
+        """Every complete, valid entry of every part file, by key (re-read on each call). An
+        invalid line is reported (file and line) unless a valid line for its key supersedes it."""
         entries: Dict[str, Dict] = {}
+        rejected: List[Tuple[Path, int, Optional[str], str]] = []
         if self.dir.exists():
             for part in sorted(self.dir.glob("part-*.jsonl")):
-                entries.update(self._read_part(part))
+                entries.update(self._read_part(part, rejected))
+        for path, number, key, why in rejected:
+            if key is None or key not in entries:
+                logger.warning("%s:%d: ignoring a cache line (%s); its item is judged again", path, number, why)
         self._entries = entries
         return entries
 
-    @staticmethod
-    def _read_part(path: Path) -> Dict[str, Dict]:
+    def _read_part(self, path: Path, rejected: List) -> Dict[str, Dict]:
         entries: Dict[str, Dict] = {}
         with open(path, "rb") as handle:
             data = handle.read()
@@ -250,11 +319,20 @@ class JudgmentCache:
                 continue
             try:
                 entry = json.loads(raw)
-                entries[entry["key"]] = entry["out"]
+                key, item_h, out = entry["key"], entry["item"], entry["out"]
             except (ValueError, KeyError, TypeError):
                 # Only the last line can be torn by a kill; anything else is reported.
                 if number < len(lines) - 1 or data.endswith(b"\n"):
-                    logger.warning("%s:%d: ignoring an unreadable cache line", path, number)
+                    rejected.append((path, number, None, "not a cache entry: unreadable JSON or missing fields"))
+                continue
+            if not isinstance(key, str) or not isinstance(item_h, str) or key != self.key(item_h):
+                rejected.append((path, number, None, "its key does not belong to its item in this namespace"))
+                continue
+            problem = outputs_problem(out)
+            if problem is not None:
+                rejected.append((path, number, key, problem))
+                continue
+            entries[key] = out
         return entries
 
     def lookup(self, item_hashes: Iterable[str]) -> Dict[str, Dict]:
@@ -268,27 +346,54 @@ class JudgmentCache:
         return found
 
     # -- writing --------------------------------------------------------------------------------
+    def _lock(self):
+        """The short lock that serialises appends (and torn-line cuts) to this part file
+        between processes sharing the namespace (see the module docstring)."""
+        from filelock import FileLock
+
+        return FileLock(str(self.part) + ".lock")
+
     def _prepare(self) -> None:
+        """Create the namespace folder and its meta.json; called with the part file's lock held."""
         if self._prepared:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "meta.json").exists():
             try:
                 write_json(self.dir / "meta.json", self._meta)
-            except OSError:  # another process may be writing it at the same moment
-                pass
-        if self.part.exists():
-            # Cut a torn last line (no trailing newline) so the next append starts a fresh line.
-            with open(self.part, "rb+") as handle:
-                data = handle.read()
-                if data and not data.endswith(b"\n"):
-                    cut = data.rfind(b"\n") + 1
-                    handle.seek(cut)
-                    handle.truncate()
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                    logger.warning("%s: cut a torn last line (%d bytes) left by an interrupted run", self.part, len(data) - cut)
+            except OSError as err:  # another process may be writing it at the same moment
+                if is_disk_full(err):
+                    raise disk_full(self.dir / "meta.json", err) from err
+        self._cut_torn_line()
         self._prepared = True
+
+    def _cut_torn_line(self) -> None:
+        """Cut a torn last line (no trailing newline) so the next append starts a fresh line.
+        Reads only the file's tail: it runs before every append."""
+        if not self.part.exists():
+            return
+        with open(self.part, "rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+            cut, end = 0, size
+            while end > 0:  # back to the last newline, a block at a time
+                start = max(0, end - 65536)
+                handle.seek(start)
+                block = handle.read(end - start)
+                at = block.rfind(b"\n")
+                if at >= 0:
+                    cut = start + at + 1
+                    break
+                end = start
+            handle.seek(cut)
+            handle.truncate()
+            handle.flush()
+            os.fsync(handle.fileno())
+            logger.warning("%s: cut a torn last line (%d bytes) left by an interrupted run", self.part, size - cut)
 
     def append(self, pairs: Iterable[Tuple[str, Mapping]]) -> int:
         """Durably append ``(item hash, out)`` pairs as one write; returns how many."""
@@ -301,17 +406,35 @@ class JudgmentCache:
                 self._entries[key] = entry["out"]
         if not lines:
             return 0
-        self._prepare()
         payload = ("\n".join(lines) + "\n").encode("utf-8")
-        fd = os.open(self.part, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.dir.mkdir(parents=True, exist_ok=True)
         try:
-            view = memoryview(payload)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            with self._lock():
+                if self._prepared:
+                    # Another process's write may have been torn since (killed mid-append).
+                    self._cut_torn_line()
+                self._prepare()
+                fd = os.open(self.part, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    view = memoryview(payload)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                    os.fsync(fd)
+                except OSError:
+                    # A partial write (a full disk) leaves a torn last line: cut it now rather than
+                    # leave it to the next run (the lines before it are whole).
+                    os.close(fd)
+                    fd = -1
+                    self._cut_torn_line()
+                    raise
+                finally:
+                    if fd >= 0:
+                        os.close(fd)
+        except OSError as err:
+            if is_disk_full(err):
+                raise disk_full(self.part, err) from err
+            raise
         return len(lines)
 
 

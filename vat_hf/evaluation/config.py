@@ -5,6 +5,11 @@ One dataclass each, three ways in: an experiment recipe's ``eval:`` and ``data:`
 the flags of ``vat-hf eval`` and ``python -m vat_hf.evaluate`` (generated from these fields by
 ``transformers.HfArgumentParser``, the way TRL's scripts are). The help text of every setting is
 written once, in its field's metadata.
+
+Each field's type hint is its rule (a ``Literal`` of choices, a range such as ``Ge(1)`` written
+with ``annotated_types``): :func:`vat_hf.validation.check_fields` checks every field against it
+in ``__post_init__``, however the dataclass was made (a recipe, the command line, Python), so a
+field added later is checked without new code.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Mapping, Optional, Union
+from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Union
+
+from annotated_types import Ge, MinLen
 
 from vat_hf.errors import VatHfError
+from vat_hf.validation import Checked, FieldError, check_fields
 
 MODE_CHOICES = ("auto", "logprob", "logprob-multitoken", "generate")
 BACKENDS = ("hf", "vllm")
@@ -50,15 +58,16 @@ class EvalConfig:
     prefix_reuse: Literal["auto", "true", "false"] = field(
         default="auto", metadata=_help("Reuse the shared prompt prefix's key/value cache: auto (when it is at least "
                                        "16 tokens, after a one-time check), true or false."))
-    max_batch_tokens: int = field(default=8192, metadata=_help("Token budget of one batch (padded length x rows)."))
-    max_batch_size: int = field(default=64, metadata=_help("Most rows in one batch."))
-    max_length: Optional[int] = field(
+    max_batch_tokens: Annotated[int, Ge(1)] = field(
+        default=8192, metadata=_help("Token budget of one batch (padded length x rows)."))
+    max_batch_size: Annotated[int, Ge(1)] = field(default=64, metadata=_help("Most rows in one batch."))
+    max_length: Optional[Annotated[int, Ge(1)]] = field(
         default=None, metadata=_help("Longest prompt judged (default: the model's context)."))
     truncation: Literal["refuse", "left"] = field(
         default="refuse", metadata=_help("Over-long prompts: refuse (recorded as missing) or left (keep their last "
                                          "max_length tokens)."))
-    max_new_tokens: int = field(default=8, metadata=_help("Longest answer in generate mode."))
-    limit: Optional[int] = field(
+    max_new_tokens: Annotated[int, Ge(1)] = field(default=8, metadata=_help("Longest answer in generate mode."))
+    limit: Optional[Annotated[int, Ge(1)]] = field(
         default=None, metadata=_help("Judge only the first N items (of the scene sample); every stage of an "
                                      "experiment judges the same N."))
     cache: bool = field(
@@ -77,21 +86,15 @@ class EvalConfig:
     def __post_init__(self):
         if isinstance(self.prefix_reuse, bool):  # a YAML recipe may say true/false
             self.prefix_reuse = "true" if self.prefix_reuse else "false"
-        self.prefix_reuse = str(self.prefix_reuse).lower()
-        for name, choices in (("backend", BACKENDS), ("mode", MODE_CHOICES), ("prefix_reuse", ("auto", "true", "false")),
-                              ("truncation", ("refuse", "left"))):
-            if getattr(self, name) not in choices:
-                raise EvalConfigError(f"eval setting {name}={getattr(self, name)!r} is not one of {list(choices)}")
-        for name in ("max_batch_tokens", "max_batch_size", "max_new_tokens", "max_length", "limit"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise EvalConfigError(f"eval setting {name}={value!r} must be a whole number >= 1")
+        if isinstance(self.prefix_reuse, str):
+            self.prefix_reuse = self.prefix_reuse.lower()
+        check_fields(self)  # every field against its type hint (choices, ranges)
         from vat_hf.models.loading import parse_dtype
 
         try:
             parse_dtype(self.dtype)
         except ValueError as err:
-            raise EvalConfigError(f"eval setting dtype: {err}") from None
+            raise FieldError("dtype", self.dtype, str(err), fix="auto, float32, bfloat16 or float16") from None
 
     @property
     def prefix_reuse_flag(self) -> Union[str, bool]:
@@ -108,15 +111,16 @@ class DataConfig:
 
     _argument_group_name = "items (DataConfig: also a recipe's data: section)"  # HfArgumentParser: the --help section
 
-    source: str = field(
+    source: Annotated[str, MinLen(1)] = field(
         default="builtin", metadata=_help("Item source: 'builtin', a file/folder in the item schema, or a Hub dataset id.",
                                           aliases=["--data"]))
-    split: Optional[str] = field(default="test", metadata=_help("Split to judge: train or test; '' for all."))
-    max_scenes: Optional[int] = field(
+    split: Optional[Literal["train", "test", ""]] = field(
+        default="test", metadata=_help("Split to judge: train or test; '' for all."))
+    max_scenes: Optional[Annotated[int, Ge(1)]] = field(
         default=None, metadata=_help("Judge a reproducible sample of this many scenes (drawn with the seed)."))
     # Typed str for the command line (a JSON object); a recipe gives a mapping, and either is a
     # dict after __post_init__ (as VATScriptArguments.data_columns).
-    columns: Optional[str] = field(
+    columns: Annotated[Optional[str], Checked(Optional[Dict[str, Any]])] = field(
         default=None, metadata=_help("Column mapping for sources with other column names: a JSON object "
                                      "(in a recipe, a mapping) of schema field -> column."))
 
@@ -127,10 +131,9 @@ class DataConfig:
             except json.JSONDecodeError as err:
                 raise EvalConfigError(f"data columns: not a JSON object ({err})",
                                       fix='give a mapping such as {"scenario": "situation"}') from None
-        if self.columns is not None and not isinstance(self.columns, Mapping):
-            raise EvalConfigError(f"data columns must be a mapping of schema field -> column, got {self.columns!r}")
-        if self.max_scenes is not None and (not isinstance(self.max_scenes, int) or self.max_scenes < 1):
-            raise EvalConfigError(f"data max_scenes={self.max_scenes!r} must be a whole number >= 1")
+        if isinstance(self.columns, Mapping):
+            self.columns = dict(self.columns)
+        check_fields(self)  # every field against its type hint (columns: a mapping by now)
 
     def load(self, seed: int = 0) -> List[Dict]:
         """The items (``split`` '' or None: all of them)."""

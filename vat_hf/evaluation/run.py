@@ -96,6 +96,9 @@ def distributed_state():
     # On a machine without an accelerator, processes launched by any accelerate config (even
     # MULTI_GPU) run on CPU and talk over gloo.
     accelerator = Accelerator(cpu=default_device().type == "cpu")
+    from vat_hf.distributed import check_launch
+
+    check_launch(accelerator.distributed_type.value, accelerator.num_processes, what="the evaluation", use_cpu=True)
     return accelerator, accelerator.process_index, accelerator.num_processes
 
 

@@ -225,9 +225,14 @@ def check_item_ids(items: Sequence[Mapping]) -> None:
 
 
 def make_record(item: Mapping, outputs: Mapping, prompt_hash: str) -> Dict:
-    """One judgment record: the item's metadata (:data:`ITEM_KEYS`), the model's outputs (a
-    mapping of :data:`OUTPUT_KEYS`) and the prompt's fingerprint."""
+    """One judgment record: the item's metadata (:data:`ITEM_KEYS`), the hash of the text the model
+    read (``item_hash``: scenario and action, the judgment cache's item hash; pairing checks that
+    an item's text is the same before and after), the model's outputs (a mapping of
+    :data:`OUTPUT_KEYS`) and the prompt's fingerprint."""
+    from vat_hf.evaluation.cache import item_hash
+
     record = {key: item.get(key) for key in ITEM_KEYS}
+    record["item_hash"] = item_hash(item)
     record.update({
         "rating": outputs.get("rating"),
         "probs": outputs.get("probs"),

@@ -3,14 +3,15 @@
 The training recipe is resolved in memory: its YAML, then the entry's ``overrides``, then what
 the experiment fixes (base model, target value, data source, output folder); that mapping is
 parsed by TRL's parser (:func:`vat_hf.train.config.parse_training_config`) without a file in
-between, and the resolved recipe is kept beside the adapter (``vat_recipe.yaml``) for the record.
-A finished adapter of the same resolved recipe is reused; an interrupted one resumes.
+between, and the resolved recipe is kept beside the adapter (``vat_recipe.yaml``, secrets
+redacted) for the record. A finished adapter of the same training fingerprint
+(:func:`vat_hf.train.common.training_fingerprint`: the parsed settings that change the weights,
+the same fingerprint every checkpoint carries) is reused; an interrupted one resumes from its
+newest checkpoint of that fingerprint; a checkpoint or adapter of another recipe is refused.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence
@@ -18,15 +19,12 @@ from typing import Dict, Mapping, Optional, Sequence
 import yaml
 
 from vat_hf.errors import RecipeError
+from vat_hf.redaction import redact
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESOLVED_RECIPE = "vat_recipe.yaml"
-# Keys that do not change the trained weights: a finished adapter stays valid when only these differ.
-_NOT_IN_FINGERPRINT = {"output_dir", "logging_steps", "logging_dir", "report_to", "save_steps", "save_strategy",
-                       "save_total_limit", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "resume",
-                       "run_name", "disable_tqdm", "logging_first_step", "dataloader_num_workers"}
 
 
 def find_recipe(recipe) -> Path:
@@ -40,12 +38,6 @@ def find_recipe(recipe) -> Path:
     raise TrainingConfigError(f"training recipe {recipe} not found (looked in . and {REPO_ROOT})")
 
 
-def fingerprint(method: str, config: Mapping) -> str:
-    kept = {k: v for k, v in sorted(config.items()) if k not in _NOT_IN_FINGERPRINT}
-    payload = json.dumps({"method": method, **kept}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
 def resolved_recipe(spec, base_model: Optional[str], target_value: str, data_source: str,
                     data_columns: Optional[Mapping[str, str]], output_dir) -> Dict:
     """The training recipe of an intervention: its YAML, then ``spec.overrides``, then what the
@@ -53,9 +45,12 @@ def resolved_recipe(spec, base_model: Optional[str], target_value: str, data_sou
     from vat_hf.models.loading import DEFAULT_MODEL, is_embedded
     from vat_hf.train.config import TrainingConfigError
 
-    raw = yaml.safe_load(find_recipe(spec.recipe).read_text()) or {}
+    from vat_hf.validation import load_yaml
+
+    raw, _ = load_yaml(find_recipe(spec.recipe))  # a YAML error names the file, line and column
+    raw = raw or {}
     if not isinstance(raw, dict):
-        raise TrainingConfigError(f"training recipe {spec.recipe} must be a YAML mapping")
+        raise TrainingConfigError(f"training recipe {spec.recipe} must be a YAML mapping of keys to values")
     config = {**raw, **dict(spec.overrides or {})}
     model = base_model or DEFAULT_MODEL
     fixed = {"model_name_or_path": model, "target_value": target_value, "data_source": data_source,
@@ -91,8 +86,14 @@ def _finished(spec, fp: str, output_dir: Path) -> bool:
 def _parse(spec, config: Mapping):
     from vat_hf.train.config import parse_training_config
 
-    where = f"intervention {spec.name!r} (recipe {spec.recipe} with overrides {dict(spec.overrides or {})})"
+    where = f"intervention {spec.name!r} (recipe {spec.recipe} with overrides {redact(dict(spec.overrides or {}))})"
     return parse_training_config(spec.type, config, where=where)
+
+
+def _fingerprint(spec, parsed) -> str:
+    from vat_hf.train.common import training_fingerprint
+
+    return training_fingerprint(spec.type, *parsed)[0]
 
 
 def check_intervention(spec, base_model: Optional[str], target_value: str, data_source: str,
@@ -103,9 +104,14 @@ def check_intervention(spec, base_model: Optional[str], target_value: str, data_
     from vat_hf.train.common import resolve_base_model
 
     config = resolved_recipe(spec, base_model, target_value, data_source, data_columns, output_dir)
-    script_args, training_args, model_args = _parse(spec, config)
+    parsed = script_args, training_args, model_args = _parse(spec, config)
     resolve_base_model(model_args.model_name_or_path, model_args.model_revision, training_args.trust_remote_code)
-    _finished(spec, fingerprint(spec.type, config), Path(output_dir))
+    fp = _fingerprint(spec, parsed)
+    if not _finished(spec, fp, Path(output_dir)):
+        # An interrupted run of another recipe: refused now, before the first evaluation.
+        from vat_hf.train.common import resume_checkpoint, training_fingerprint
+
+        resume_checkpoint(output_dir, *training_fingerprint(spec.type, *parsed))
     return script_args, training_args, model_args
 
 
@@ -124,12 +130,11 @@ def train_intervention(spec, base_model: Optional[str], target_value: str, data_
         raise TrainingConfigError(f"train_intervention trains sft or dpo interventions, not {method!r}")
     output_dir = Path(output_dir)
     config = resolved_recipe(spec, base_model, target_value, data_source, data_columns, output_dir)
-    fp = fingerprint(method, config)
-    if _finished(spec, fp, output_dir):
+    parsed = script_args, training_args, model_args = _parse(spec, config)
+    if _finished(spec, _fingerprint(spec, parsed), output_dir):
         logger.info("%s: reusing the finished adapter in %s", spec.name, output_dir)
         return output_dir
-    script_args, training_args, model_args = _parse(spec, config)
-    atomic_write_text(output_dir / RESOLVED_RECIPE, yaml.safe_dump(dict(config), sort_keys=False))
+    atomic_write_text(output_dir / RESOLVED_RECIPE, yaml.safe_dump(redact(dict(config)), sort_keys=False))
     script_args.resume = True  # an interrupted run continues from its last checkpoint (fresh if none)
-    extra = {"fingerprint": fp, "intervention": spec.name, "recipe": str(spec.recipe), "overrides": dict(spec.overrides or {})}
+    extra = {"intervention": spec.name, "recipe": str(spec.recipe), "overrides": redact(dict(spec.overrides or {}))}
     return run_training(method, script_args, training_args, model_args, items=train_items, end=False, extra_info=extra)

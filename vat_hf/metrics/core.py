@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats
 
+from vat_hf.errors import VatHfError
 from vat_hf.io import to_jsonable  # re-exported: one JSON conversion for the package
 from vat_hf.metrics.numerics import (
     MIN_PAIRS,
@@ -112,12 +113,15 @@ class VATWarning(UserWarning):
     """Something in the data makes part of the VAT result undefined (``None``) or suspect."""
 
 
-class VATInputError(ValueError):
+class VATInputError(VatHfError, ValueError):
     """Bad metric input: names the field (and row, where there is one) and the fix."""
 
     def __init__(self, field: str, problem: str, fix: Optional[str] = None):
         self.field, self.problem, self.fix = field, problem, fix
-        super().__init__(f"{field}: {problem}" + (f"; fix: {fix}" if fix else ""))
+        super().__init__(f"{field}: {problem}", fix)
+
+    def __reduce__(self):  # picklable despite the custom signature
+        return type(self), (self.field, self.problem, self.fix)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from vat_hf.io import atomic_write_text, read_json, write_json
 from vat_hf.metrics import formatting as fmt
 from vat_hf.prompts import ADVICE_TEMPLATE
+from vat_hf.redaction import redact
 
 TRAINING_INFO = "vat_training.json"
 CARD = "README.md"
@@ -179,8 +180,10 @@ def card_body(info: Mapping) -> str:
 
 def write_model_card(output_dir, info: Mapping) -> Path:
     """Store ``info`` as ``vat_training.json`` and render ``README.md`` next to the weights
-    (both written atomically; the card is rendered first, so a failure changes neither)."""
+    (both written atomically, without secrets: :func:`vat_hf.redaction.redact`; the card is
+    rendered first, so a failure changes neither)."""
     output_dir = Path(output_dir)
+    info = redact(dict(info))
     text = str(render_card(info))
     write_json(output_dir / TRAINING_INFO, dict(info))
     return atomic_write_text(output_dir / CARD, text)

@@ -12,14 +12,38 @@ The reference model of DPO:
 * full fine-tuning: ``ref_model_name_or_path`` loads an explicit reference; without it the
   reference log-probs of the initial model are precomputed once before training
   (``precompute_ref_log_probs``), again without a second copy during training.
+
+What keeps a run honest:
+
+* **Checkpoints are bound to their recipe.** The training fingerprint
+  (:func:`training_fingerprint`: every parsed setting that can change the trained weights, and
+  the number of processes) is written beside each checkpoint (``checkpoint-N/vat_checkpoint.json``,
+  after the checkpoint is complete, so it also marks a checkpoint as whole). A resume takes the
+  newest checkpoint that has one; a checkpoint of another recipe (another learning rate, LoRA
+  rank, ...) is refused before any weights are loaded, naming the settings that differ and the
+  fix. ``train_loss`` is taken from the trainer state's log history, which a resumed trainer
+  restores from the checkpoint: a log entry is forced at every save and at the end
+  (:class:`CheckpointRecordCallback`), so the mean covers every step, resumed or not.
+* **One trainer per output folder**: the main process holds ``output_dir``'s lock
+  (:func:`vat_hf.io.folder_lock`) from the first check to the model card; a second trainer there
+  fails at once, naming the first.
+* **Distributed runs are what the launcher says** (:func:`vat_hf.distributed.check_launch`): N
+  processes launched but another number (or no distribution, or DDP where FSDP/DeepSpeed was
+  asked) in the trainer's accelerator state is refused before the model is loaded.
+* **No secret in the files**: a ``hub_token`` is taken out of the arguments the trainer pickles
+  into ``training_args.bin`` and kept in this process's ``HF_TOKEN`` for the push.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
+import re
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from vat_hf.train.config import TrainingConfigError
 
@@ -134,10 +158,147 @@ def load_base_model(path: str, model_args, training_args, revision: Optional[str
     return create_model_from_path(path, **kwargs)
 
 
-def last_checkpoint(output_dir) -> Optional[str]:
-    from transformers.trainer_utils import get_last_checkpoint
+CHECKPOINT_RECORD = "vat_checkpoint.json"
+"""Written beside each checkpoint (in its folder) once the checkpoint is complete: the training
+fingerprint and the settings it covers."""
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+NOT_IN_FINGERPRINT = frozenset({
+    "output_dir", "run_name", "resume", "resume_from_checkpoint", "overwrite_output_dir", "disable_tqdm", "report_to",
+    "project", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push",
+    "hub_revision", "local_rank", "ddp_timeout", "dataloader_num_workers", "dataloader_pin_memory",
+    "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_multiprocessing_context",
+    "skip_memory_metrics", "torch_empty_cache_steps", "restore_callback_states_from_checkpoint", "log_level",
+    "log_level_replica", "log_on_each_node", "save_on_each_node", "save_only_model", "do_eval", "do_predict",
+    "do_train", "per_device_eval_batch_size", "prediction_loss_only", "batch_eval_metrics", "include_for_metrics",
+})
+"""Settings that do not change the trained weights (where output goes, logging, saving, the
+Hub, the evaluation loop): a checkpoint or finished adapter stays valid when only these differ."""
+NOT_IN_FINGERPRINT_PREFIXES = ("logging_", "save_", "trackio_", "eval_")
 
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+def training_config(method: str, script_args, training_args, model_args) -> Dict[str, Any]:
+    """Every parsed setting that can change the trained weights (the three dataclasses' fields
+    less :data:`NOT_IN_FINGERPRINT`), the method, and the number of processes the launcher
+    started (``WORLD_SIZE``: it changes the effective batch)."""
+    # asdict, not TrainingArguments.to_dict: that one hides every *_token value (TRL's eos_token too).
+    merged = {**dataclasses.asdict(script_args), **dataclasses.asdict(training_args), **dataclasses.asdict(model_args)}
+    kept = {k: _plain(v) for k, v in merged.items()
+            if k not in NOT_IN_FINGERPRINT and not k.startswith(NOT_IN_FINGERPRINT_PREFIXES)}
+    kept["method"] = method
+    kept["world_size"] = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return json.loads(json.dumps(kept, sort_keys=True, default=str))
+
+
+def training_fingerprint(method: str, script_args, training_args, model_args) -> Tuple[str, Dict[str, Any]]:
+    """(fingerprint, the settings it covers) of a training run (see :func:`training_config`):
+    recorded beside each checkpoint and in ``vat_training.json``."""
+    config = training_config(method, script_args, training_args, model_args)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    return digest, config
+
+
+def _checkpoints(output_dir) -> List[Path]:
+    """The ``checkpoint-N`` folders of ``output_dir``, newest first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _differences(recorded: Mapping[str, Any], current: Mapping[str, Any], limit: int = 6) -> List[str]:
+    keys = sorted(set(recorded) | set(current))
+    diff = [f"{k}: {recorded.get(k)!r} there, {current.get(k)!r} now" for k in keys if recorded.get(k) != current.get(k)]
+    return diff[:limit] + ([f"... {len(diff) - limit} more"] if len(diff) > limit else [])
+
+
+def check_checkpoint(checkpoint, fingerprint: str, config: Mapping[str, Any]) -> bool:
+    """Whether ``checkpoint`` was written by this very recipe: True when its record matches,
+    False when it has none (an interrupted save, or an older vat-hf); a record of another recipe
+    is a :class:`TrainingConfigError` naming the settings that differ."""
+    from vat_hf.io import read_json
+
+    path = Path(checkpoint) / CHECKPOINT_RECORD
+    if not path.is_file():
+        return False
+    try:
+        record = read_json(path)
+    except ValueError:
+        return False
+    if record.get("fingerprint") == fingerprint:
+        return True
+    output_dir = Path(checkpoint).parent
+    raise TrainingConfigError(
+        f"{checkpoint} was written by another training recipe; resuming from it would train with that "
+        f"recipe's state (optimizer, schedule, adapter shape) under this one's name. Differences: "
+        + "; ".join(_differences(record.get("config") or {}, config)),
+        fix=f"restore those settings to resume, or remove {output_dir}/checkpoint-* (or give the run another "
+            f"output_dir / intervention name) to train from the start with the new ones")
+
+
+def resume_checkpoint(output_dir, fingerprint: str, config: Mapping[str, Any]) -> Optional[str]:
+    """The newest checkpoint of ``output_dir`` written by this recipe (see
+    :func:`check_checkpoint`), skipping, with a warning, newer ones without a record; None when
+    there is none."""
+    for checkpoint in _checkpoints(output_dir):
+        if check_checkpoint(checkpoint, fingerprint, config):
+            return str(checkpoint)
+        logger.warning("%s has no %s (its save was interrupted, or an older vat-hf wrote it): not resumed from",
+                       checkpoint, CHECKPOINT_RECORD)
+    return None
+
+
+def last_checkpoint(output_dir) -> Optional[str]:
+    """The newest ``checkpoint-N`` folder (any, recorded or not); see :func:`resume_checkpoint`."""
+    found = _checkpoints(output_dir)
+    return str(found[0]) if found else None
+
+
+def _checkpoint_record_callback(fingerprint: str, config: Mapping[str, Any]):
+    from transformers import TrainerCallback
+
+    class CheckpointRecordCallback(TrainerCallback):
+        """Forces a log entry at every save and at the last step (so the log history a
+        checkpoint carries covers every step before it: :func:`logged_train_loss`), and writes
+        the training fingerprint into each finished checkpoint (:data:`CHECKPOINT_RECORD`)."""
+
+        def _log_with_saves(self, args, state, control, **kwargs):
+            if control.should_save or (state.max_steps and state.global_step >= state.max_steps):
+                control.should_log = True
+            return control
+
+        on_step_end = _log_with_saves
+        on_epoch_end = _log_with_saves
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero or (args.save_on_each_node and state.is_local_process_zero):
+                from vat_hf.io import write_json
+
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if folder.is_dir():
+                    write_json(folder / CHECKPOINT_RECORD, {"format": 1, "fingerprint": fingerprint,
+                                                            "global_step": state.global_step, "config": dict(config)})
+            return control
+
+    return CheckpointRecordCallback()
+
+
+def logged_train_loss(log_history: Sequence[Mapping[str, Any]]) -> Tuple[Optional[float], int]:
+    """(mean training loss per step, steps covered) from a trainer state's log history: each
+    ``loss`` entry is the mean over the steps since the previous one, weighted by their number.
+    A resumed trainer's history starts with the checkpoint's, so this covers every step.
+
+    >>> logged_train_loss([{"loss": 2.0, "step": 2}, {"loss": 1.0, "step": 3}, {"train_loss": 9.9, "step": 3}])
+    (1.6666666666666667, 3)
+    """
+    total, steps, last = 0.0, 0, 0
+    for entry in log_history:
+        step, loss = entry.get("step"), entry.get("loss")
+        if isinstance(step, int) and isinstance(loss, (int, float)) and step > last:
+            total += float(loss) * (step - last)
+            steps += step - last
+            last = step
+    return (total / steps if steps else None), steps
 
 
 def build_trainer(method: str, script_args, training_args, model_args, items: Optional[Sequence[Mapping]] = None):
@@ -251,12 +412,12 @@ def hyperparameters(training_args, model_args, trainer=None) -> Dict:
     return hp
 
 
-def push_folder(output_dir, training_args) -> str:
+def push_folder(output_dir, training_args, token: Optional[str] = None) -> str:
     """Upload the finished folder (weights and our model card; not the checkpoints) to the Hub."""
     from huggingface_hub import HfApi
 
     repo_id = training_args.hub_model_id or Path(output_dir).name
-    api = HfApi(token=training_args.hub_token)
+    api = HfApi(token=token or training_args.hub_token)
     api.create_repo(repo_id, private=bool(getattr(training_args, "hub_private_repo", False)), exist_ok=True)
     api.upload_folder(repo_id=repo_id, folder_path=str(output_dir), commit_message="vat-hf: trained adapter and card",
                       ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "*.pth"])
@@ -269,23 +430,62 @@ def run_training(method: str, script_args, training_args, model_args, items: Opt
 
     ``end=True`` (the command-line scripts) finishes trackers and destroys the process group
     at the end, which a multi-process launch needs to exit cleanly."""
+    import contextlib
+
+    from vat_hf.distributed import check_launch, end_distributed
+    from vat_hf.io import folder_lock
+
+    # The token goes to this process's environment (huggingface_hub reads HF_TOKEN), never into
+    # the arguments the trainer pickles into training_args.bin beside every checkpoint.
+    token, training_args.hub_token = training_args.hub_token, None
+    if token:
+        os.environ["HF_TOKEN"] = token
+    if not training_args.output_dir:
+        raise TrainingConfigError("output_dir is required: where the adapter (or model) and checkpoints go")
+    world = training_args.world_size  # sets up this process's accelerator state (on first use)
+    state = training_args.distributed_state
+    check_launch(state.distributed_type.value if state is not None else "NO", world, what="training",
+                 use_cpu=bool(training_args.use_cpu))
+    output_dir = Path(training_args.output_dir)
+    main = state is None or state.is_main_process
+    with folder_lock(output_dir, what="training output_dir") if main else contextlib.nullcontext():
+        return _train_and_save(method, script_args, training_args, model_args, items, end, extra_info, token)
+
+
+def _train_and_save(method, script_args, training_args, model_args, items, end, extra_info, token) -> Path:
     from vat_hf.distributed import end_distributed
+    from vat_hf.errors import disk_full, is_disk_full
     from vat_hf.provenance import git_commit, package_versions
     from vat_hf.train.card import write_model_card
 
-    trainer, data_info = build_trainer(method, script_args, training_args, model_args, items)
     output_dir = Path(training_args.output_dir)
+    fingerprint, config = training_fingerprint(method, script_args, training_args, model_args)
     resume = training_args.resume_from_checkpoint
-    if script_args.resume and not resume:
-        resume = last_checkpoint(output_dir)
+    if resume:
+        if not check_checkpoint(resume, fingerprint, config):
+            logger.warning("%s has no %s: cannot check that it belongs to this recipe", resume, CHECKPOINT_RECORD)
+    elif script_args.resume:  # checked before any weights are loaded
+        resume = resume_checkpoint(output_dir, fingerprint, config)
         if resume:
             logger.warning("resuming from %s", resume)
         else:
-            logger.warning("--resume: no checkpoint in %s, training from the start", output_dir)
-    outcome = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(output_dir))
+            logger.warning("--resume: no checkpoint of this recipe in %s, training from the start", output_dir)
+    trainer, data_info = build_trainer(method, script_args, training_args, model_args, items)
+    trainer.add_callback(_checkpoint_record_callback(fingerprint, config))
+    try:
+        outcome = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(str(output_dir))
+    except (OSError, RuntimeError) as err:
+        if is_disk_full(err):
+            raise disk_full(output_dir, err) from err
+        raise
     if trainer.accelerator.is_main_process:
-        metrics = {k: v for k, v in (outcome.metrics or {}).items() if k in ("train_loss", "train_runtime", "train_steps_per_second", "epoch")}
+        metrics = {k: v for k, v in (outcome.metrics or {}).items() if k in ("train_runtime", "train_steps_per_second", "epoch")}
+        # Over every step, resumed or not (the trainer's own train_loss covers this session's steps only).
+        loss, covered = logged_train_loss(trainer.state.log_history)
+        metrics["train_loss"] = loss
+        if covered != outcome.global_step:
+            metrics["train_loss_steps"] = covered
         metrics["global_step"] = outcome.global_step
         info = {
             "method": method,
@@ -305,6 +505,7 @@ def run_training(method: str, script_args, training_args, model_args, items: Opt
             "versions": package_versions(),
             "git_commit": git_commit(),
             **dict(extra_info or {}),
+            "fingerprint": fingerprint,
         }
         trajectory = trajectory_of(trainer)
         if trajectory is not None:
@@ -312,7 +513,7 @@ def run_training(method: str, script_args, training_args, model_args, items: Opt
                                   "file": "trajectory.jsonl", "drift_onset": trajectory.onset()}
         write_model_card(output_dir, info)
         if training_args.push_to_hub:
-            repo = push_folder(output_dir, training_args)
+            repo = push_folder(output_dir, training_args, token=token)
             trainer.accelerator.print(f"pushed {output_dir} to https://huggingface.co/{repo}")
     if end:
         end_distributed(trainer.accelerator)  # waits for every process, then ends (see vat_hf.distributed)
@@ -320,3 +521,20 @@ def run_training(method: str, script_args, training_args, model_args, items: Opt
         trainer.accelerator.wait_for_everyone()
     return output_dir
 
+
+
+def command_line(method: str, argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m vat_hf.train.{sft,dpo}``: parse the recipe and flags, train; a user error is
+    printed as ``error: <message>`` with exit status 1 (``-v``: with the traceback)."""
+    import sys
+
+    from vat_hf.errors import run_main, wants_verbose
+    from vat_hf.redaction import install_log_redaction
+    from vat_hf.train.config import parse_training_args
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = wants_verbose(argv)
+    argv = [a for a in argv if a not in ("-v", "--verbose")]
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
+    return run_main(lambda: run_training(method, *parse_training_args(method, argv), end=True) and 0, verbose)

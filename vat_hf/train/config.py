@@ -178,8 +178,13 @@ def parse_training_config(method: str, config: Mapping[str, Any], args: Sequence
     config_unknown = parser.set_defaults_with_config(**config)
     if config_unknown:  # before the dataclasses are built: a typo is named before any value is checked
         raise _unknown_error(parser, where, _keys(config_unknown), method)
-    *parsed, flag_unknown = parser.parse_args_into_dataclasses(args=list(args), return_remaining_strings=True,
-                                                               look_for_args_file=False)
+    try:
+        *parsed, flag_unknown = parser.parse_args_into_dataclasses(args=list(args), return_remaining_strings=True,
+                                                                   look_for_args_file=False)
+    except VatHfError:
+        raise
+    except ValueError as err:  # TrainingArguments' and TRL's own checks (bf16 without a GPU that has it, ...)
+        raise TrainingConfigError(f"{where}: {err}") from None
     if flag_unknown:
         raise _unknown_error(parser, "command line", _keys(flag_unknown) or flag_unknown, method)
     return tuple(parsed)

@@ -31,6 +31,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import datasets
 
 from vat_hf.data.fields import TrainSplitError, train_items_for
+from vat_hf.errors import VatHfError
 from vat_hf.prompts import advice_user_turn
 from vat_hf.values import canonical_value
 
@@ -38,7 +39,7 @@ __all__ = ["TrainingDataError", "sft_examples", "dpo_pairs", "sft_dataset", "dpo
            "user_message", "assistant_message"]
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(VatHfError, ValueError):
     """The items cannot make a training set (test items, no train items, no usable pairs)."""
 
 

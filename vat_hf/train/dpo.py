@@ -17,8 +17,9 @@ from the last checkpoint in ``output_dir``.
 
 from __future__ import annotations
 
-from vat_hf.train.common import run_training
-from vat_hf.train.config import parse_training_args
+import sys
+
+from vat_hf.train.common import command_line, run_training
 
 METHOD = "dpo"
 
@@ -29,5 +30,6 @@ def main(script_args, training_args, model_args):
 
 
 if __name__ == "__main__":
-    # TrlParser over vat-hf's and TRL's dataclasses (vat_hf.train.config.make_parser), refusing unknown keys.
-    main(*parse_training_args(METHOD))
+    # TrlParser over vat-hf's and TRL's dataclasses (vat_hf.train.config.make_parser), refusing unknown keys;
+    # a user error prints `error: <message>` and exits 1 (-v: with the traceback).
+    sys.exit(command_line(METHOD))

@@ -13,8 +13,9 @@ unknown key is an error. The examples are the train scenes' actions that express
 
 from __future__ import annotations
 
-from vat_hf.train.common import run_training
-from vat_hf.train.config import parse_training_args
+import sys
+
+from vat_hf.train.common import command_line, run_training
 
 METHOD = "sft"
 
@@ -25,5 +26,6 @@ def main(script_args, training_args, model_args):
 
 
 if __name__ == "__main__":
-    # TrlParser over vat-hf's and TRL's dataclasses (vat_hf.train.config.make_parser), refusing unknown keys.
-    main(*parse_training_args(METHOD))
+    # TrlParser over vat-hf's and TRL's dataclasses (vat_hf.train.config.make_parser), refusing unknown keys;
+    # a user error prints `error: <message>` and exits 1 (-v: with the traceback).
+    sys.exit(command_line(METHOD))
