@@ -90,18 +90,48 @@ def score(
         console.print(f"VAT result -> {output}")
 
 
+def _run_sweep(config, only: List[str], output_dir: Optional[str], max_scenes: Optional[int]) -> None:
+    from vat_hf.sweep import run_sweep
+
+    summary = run_sweep(config, only=only, output_dir=output_dir, max_scenes=max_scenes)
+    table = Table("cell", "status", "time", "gain", "tax", title=f"{summary['name']}: {summary['n_cells']} cells")
+    for row in summary["cells"]:
+        if row["cell"] not in summary["run"]["cells_run"]:
+            continue
+        secs = row.get("seconds")
+        gain = "" if row.get("gain") is None else f"{row['gain']:+.3f} ({row.get('gain_status')})"
+        tax = "" if row.get("tax") is None else f"{row['tax']:.3f}"
+        table.add_row(row["cell"], row["status"] + (" (reused)" if row["cell"] in summary["run"]["skipped"] else ""),
+                      f"{secs:.0f} s" if secs else "", gain, tax)
+    console.print(table)
+    console.print(f"grid report: {Path(summary['output_dir']) / 'grid' / 'index.html'}")
+    failed = summary["run"]["failed"]
+    if failed:
+        console.print(f"{len(failed)} cell(s) failed (their errors are in cells/<id>/status.json): {', '.join(failed)}")
+        raise typer.Exit(1)
+
+
 @app.command()
 def run(
-    recipe: Path = typer.Argument(..., help="Experiment recipe YAML (see recipes/demo/)."),
+    recipe: Path = typer.Argument(..., help="Experiment or sweep recipe YAML (see recipes/demo/, recipes/grid/)."),
     output_dir: Optional[str] = typer.Option(None, help="Override the recipe's output_dir."),
     max_scenes: Optional[int] = typer.Option(None, help="Override data.max_scenes (a quick run)."),
+    only: List[str] = typer.Option([], "--only", help="Sweeps: run only the cells matching key=value[,key=value] "
+                                                    "(keys model, target, intervention); repeat for several."),
 ):
-    """Run an experiment recipe: baseline, interventions, their evaluations, the metric, a report."""
+    """Run a recipe: baseline, interventions, their evaluations, the metric, a report; a sweep
+    recipe (models x target_values x interventions) runs every cell and writes the grid report."""
     from vat_hf.metrics.compare import compare_interventions, comparison_markdown, name_of, paired_markdown
     from vat_hf.pipeline import run_experiment
     from vat_hf.report import markdown_table
+    from vat_hf.sweep import SweepConfig, load_recipe
 
-    outcome = run_experiment(recipe, output_dir=output_dir, max_scenes=max_scenes)
+    config = load_recipe(recipe)
+    if isinstance(config, SweepConfig):
+        return _run_sweep(config, only, output_dir, max_scenes)
+    if only:
+        raise typer.BadParameter("--only selects cells of a sweep recipe; this recipe is one experiment")
+    outcome = run_experiment(config, output_dir=output_dir, max_scenes=max_scenes)
     for i, result in enumerate(outcome["results"]):
         console.rule(f"{name_of(result, i)} against the baseline")
         _print_text(markdown_table(result))
@@ -112,6 +142,8 @@ def run(
         if comparison and comparison.get("pairs"):
             _print_text(f"\npaired differences (a - b), {comparison['method']}:\n")
             _print_text(paired_markdown(comparison))
+    for flagged in outcome.get("flagged") or []:
+        console.print(f"{flagged['name']}: {flagged['flag']['words']}", markup=False)
     for kind, path in outcome["report"].items():
         console.print(f"report {kind}: {path}")
 
