@@ -4,7 +4,9 @@
     vat-hf eval  --model M [--adapter A] [--target-value V --k-shots K] -o judgments.jsonl   (= python -m vat_hf.evaluate)
     vat-hf score PRE.jsonl POST.jsonl --target-value V -o vat.json
     vat-hf run   recipes/demo/smollm2_benevolence.yaml
+    vat-hf run   recipes/grid/smollm2_prompt_steering.yaml [--only target=Power]   (a sweep: the grid report)
     vat-hf report RESULT.json [...] -o DIR
+    vat-hf grid-push OUTPUT_DIR org/name [--dry-run DIR]   a sweep's results as a Hub dataset
     vat-hf data  ...                       import, load, build, check and push item sets
 """
 
@@ -158,6 +160,22 @@ def report(
     from vat_hf.report import report_command
 
     report_command(results, output_dir, title)
+
+
+@app.command("grid-push")
+def grid_push(
+    output_dir: Path = typer.Argument(..., help="A sweep's output_dir (with grid/summary.json)."),
+    repo_id: str = typer.Argument(..., help="Hub dataset repository, 'org/name'."),
+    dry_run: Optional[Path] = typer.Option(None, "--dry-run", help="Write the files into this folder instead."),
+    private: Optional[bool] = typer.Option(None, help="Create the repository private."),
+    license: str = typer.Option("apache-2.0", help="The results' licence (the card's metadata)."),
+):
+    """Push a sweep's grid summary (results, not items) to the Hub as a dataset with a card."""
+    from vat_hf.report.hub import push_grid_summary
+
+    result = push_grid_summary(output_dir, repo_id, license=license, private=private, dry_run_dir=dry_run)
+    where = dry_run if dry_run is not None else result.url
+    console.print(f"{len(result.files)} files ({', '.join(sorted(result.files))}) -> {where}", markup=False)
 
 
 _add_subcommands()

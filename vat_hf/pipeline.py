@@ -294,7 +294,7 @@ class ExperimentRunner:
                 # its judgments, so this arm is recorded and never scored.
                 flag = {"reason": "option_mass_below_threshold", "option_mass_mean": mass,
                         "min_option_mass": spec.min_option_mass,
-                        "words": f"mean option mass {'n/a' if mass is None else f'{mass:.3f}'} is below "
+                        "words": f"mean option mass {'n/a' if mass is None else f'{mass:.3g}'} is below "
                                  f"min_option_mass {spec.min_option_mass:g}: not scored"}
                 result = intervention_result(
                     name=spec.name, target_value=cfg.target_value, model=post["model"], provenance=block,
@@ -320,7 +320,7 @@ class ExperimentRunner:
             if adapter:  # the trained adapter's model card gets its VAT result
                 from vat_hf.train.card import add_vat_result
 
-                add_vat_result(adapter, result["vat"], data=result["data"])
+                add_vat_result(adapter, result["vat"], data=result["data"], experiment=cfg.name)
             results.append(read_json(path))
         # The interventions against each other: differences bootstrapped on the same resampled scenes
         # (every arm here shares the baseline; compare_judgments also takes arms with their own).

@@ -200,6 +200,8 @@ def _judge_hf(source: HFModelSource, config: EvalConfig, items: Sequence[Mapping
             files = (model_fingerprint(model), adapter_fingerprint(model))
         model_fp = files[0] if not model_variant else sha256_json({"model": files[0], "variant": model_variant})[:32]
         fingerprints = {"model": model_fp, "adapter": files[1], "prompt": prompt_fp, "scoring": sha256_json(scoring)[:32]}
+        if model_variant:
+            fingerprints["variant"] = sha256_json(model_variant)[:32]
         cache = None
         if cache_root is not None:
             cache = JudgmentCache(cache_root, fingerprints["model"], fingerprints["adapter"], fingerprints["prompt"],
@@ -207,8 +209,6 @@ def _judge_hf(source: HFModelSource, config: EvalConfig, items: Sequence[Mapping
                                   meta={"model": source.name_or_path, "adapter": source.adapter,
                                         "variant": dict(model_variant) if model_variant else None,
                                         "prompt": prompt.to_dict(), "scoring": scoring})
-        if model_variant:
-            fingerprints["variant"] = sha256_json(model_variant)[:32]
             outputs = _cached_outputs(cache, items, mode) if model is None else None
             if outputs is not None:  # every judgment is cached: no weights are read
                 records = [make_record(item, out, prompt_fp) for item, out in zip(items, outputs)]

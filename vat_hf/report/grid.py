@@ -54,8 +54,7 @@ def plot_matrix(matrix: Mapping[str, Any]) -> Figure:
         finite = data[np.isfinite(data)]
         vmax = float(np.abs(finite).max()) if finite.size else 1.0
         vmax = vmax if vmax > 0 else 1.0
-        cmap = matplotlib.colormaps["RdBu_r"].copy()
-        cmap.set_bad("#eeeeee")
+        cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#eeeeee")
         image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto")
         image.set_gid(what)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03,
@@ -112,9 +111,12 @@ def plot_dose_response(entry: Mapping[str, Any]) -> Figure:
         top.errorbar(s, gain, yerr=errors("gain_ci", gain), fmt="-o", color="#d95f02", capsize=3, label="gain", gid="gain")
         top.errorbar(s, tax, yerr=errors("tax_ci", tax), fmt="-s", color="#444444", capsize=3, label="tax", gid="tax")
         top.plot(s, series("tax_null"), ":", color="#444444", label="tax by chance")
+    else:
+        top.text(0.5, 0.5, "no strength scored (every one flagged)", transform=top.transAxes, ha="center", color="grey")
     top.axhline(0, color="black", linewidth=0.6, alpha=0.5)
     top.set_ylabel("gain / tax (expression units)")
-    top.legend(fontsize=8, loc="best")
+    if scored:
+        top.legend(fontsize=8, loc="best")
     top.set_title(f"{entry.get('model')}: steering toward {entry.get('target_value')} ({entry.get('intervention')})",
                   fontsize=10)
     all_s = np.array([r["strength"] for r in rows], dtype=float)
