@@ -111,7 +111,7 @@ def test_vector_round_trip(tmp_path, sharp_model):
 
 def _steering_run(tmp_path, model_dir, **spec):
     cfg = ExperimentConfig.from_dict({
-        "target_value": "Power", "model": str(model_dir), "output_dir": str(tmp_path), "data": {"max_scenes": 2},
+        "target_value": "Power", "model": str(model_dir), "output_dir": str(tmp_path), "data": {"max_scenes": 1},
         "metric": {"n_bootstrap": 50}, "eval": {"dtype": "float32", "device": "cpu"},
         "interventions": [{"type": "steering", "name": "steer", "layers": [1], **spec}]})
     return cfg, run_experiment(cfg, progress=False)
@@ -130,7 +130,7 @@ def test_steering_in_a_run_strength_zero_scores_zero_and_cache_keeps_strengths_a
     fps = [zero["fingerprints"]["post"]["model"], strong["fingerprints"]["post"]["model"], zero["fingerprints"]["pre"]["model"]]
     assert len(set(fps)) == 3
     post = read_json(strong["evaluation"]["post"]["results"])
-    assert post["model"]["variant"]["strength"] == 200.0 and post["stats"]["n_computed"] == 40
+    assert post["model"]["variant"]["strength"] == 200.0 and post["stats"]["n_computed"] == 20
     steering = strong["intervention"]["steering"]
     assert steering["layers"] == [1] and steering["contrast"] == "caa-answer-token" and "composed" in steering["prefix_reuse"]
     # One vector for both strengths, kept on disk; a rerun reads it and every judgment back and loads nothing.

@@ -18,7 +18,7 @@ from vat_hf.sweep import SweepConfig, SweepRunner, is_sweep, load_recipe, parse_
 from vat_hf.values import BASIC_VALUES
 
 REPO = Path(__file__).resolve().parents[1]
-EVAL = {"dtype": "float32", "device": "cpu", "max_batch_size": 8}
+EVAL = {"dtype": "float32", "device": "cpu", "max_batch_size": 4}
 
 
 def named_tiny(tiny_model_dir, folder) -> Path:
@@ -31,9 +31,9 @@ def named_tiny(tiny_model_dir, folder) -> Path:
 
 def grid_recipe(models, out, **more):
     return {"name": "t", "models": [str(m) for m in models], "target_values": ["Security", "Power"],
-            "output_dir": str(out), "data": {"max_scenes": 2}, "metric": {"n_bootstrap": 50, "n_sign_flips": 200},
+            "output_dir": str(out), "data": {"max_scenes": 1}, "metric": {"n_bootstrap": 50, "n_sign_flips": 200},
             "eval": EVAL,
-            "interventions": [{"type": "prompt", "name": "p2", "k_shots": 2}, {"type": "prompt", "name": "p0"},
+            "interventions": [{"type": "prompt", "name": "p2", "k_shots": 2},
                               {"type": "steering", "name": "steer", "layers": [1], "strengths": [0, 50],
                                "min_option_mass": 0.0, "target_values": ["Power"]},
                               # the tiny random models put ~1e-4 of their mass on the options: flagged
@@ -51,7 +51,7 @@ def second_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def grid_run(tiny_model_dir, second_model_dir, tmp_path_factory):
-    """One sweep of two models x two targets x (two prompts + two steering entries), counting loads."""
+    """One sweep of two models x two targets x (a prompt + two steering entries), counting loads."""
     import vat_hf.models
 
     loads = []
@@ -121,7 +121,7 @@ def test_only_filter():
 def test_every_cell_runs_and_one_baseline_is_shared(grid_run):
     summary, out = grid_run["summary"], grid_run["out"]
     rows = {r["cell"]: r for r in summary["cells"]}
-    assert len(rows) == 2 * (2 * 2 + 2 + 1) and summary["run"]["failed"] == []
+    assert len(rows) == 2 * (2 + 2 + 1) and summary["run"]["failed"] == []
     assert {r["status"] for r in rows.values() if r["intervention"] != "guard"} == {"done"}
     # Each model loaded once for all of its cells.
     assert len(grid_run["loads"]) == 2
@@ -129,11 +129,11 @@ def test_every_cell_runs_and_one_baseline_is_shared(grid_run):
         baselines = [read_json(out / "cells" / cid / "judgments" / "results_baseline.json")
                      for cid in rows if rows[cid]["model_slug"] == model_slug]
         computed = [b["stats"]["n_computed"] for b in baselines]
-        assert computed[0] == 40 and set(computed[1:]) == {0}  # judged by the first cell, read back by the others
+        assert computed[0] == 20 and set(computed[1:]) == {0}  # judged by the first cell, read back by the others
         first = read_jsonl(baselines[0]["files"]["judgments"])
         assert all(read_jsonl(b["files"]["judgments"]) == first for b in baselines)
-        assert summary["baselines"][model_slug] == {"cells": 7, "judged_seconds": pytest.approx(baselines[0]["timing"]["seconds"]),
-                                                    "n_computed": 40, "read_back": 6}
+        assert summary["baselines"][model_slug] == {"cells": 5, "judged_seconds": pytest.approx(baselines[0]["timing"]["seconds"]),
+                                                    "n_computed": 20, "read_back": 4}
     # every cell is a single experiment whose config.json a plain `vat-hf run` takes
     from vat_hf.pipeline import ExperimentConfig
 
@@ -147,7 +147,7 @@ def test_matrix_diagonal_equals_each_cells_gain(grid_run):
     from vat_hf.report.grid import plot_matrix
 
     out = grid_run["out"]
-    for stem in ("tiny__p2", "tiny-b__p0", "tiny__steer-s50"):
+    for stem in ("tiny__p2", "tiny-b__p2", "tiny__steer-s50"):
         matrix = read_json(out / "grid" / "matrix" / f"{stem}.json")
         assert matrix["values"] == list(BASIC_VALUES) and matrix["targets"] == [t for t in BASIC_VALUES if t in matrix["cells"]]
         image = next(a for a in plot_matrix(matrix).axes[0].get_images() if a.get_gid() == "drift")
@@ -169,15 +169,15 @@ def test_grid_comparisons_are_paired(grid_run):
     out = grid_run["out"]
     comparisons = read_json(out / "grid" / "comparisons" / "power.json")
     what = sorted(c["compared"] for c in comparisons)
-    assert what == sorted(["interventions on tiny", "interventions on tiny-b", "models under p0", "models under p2",
+    assert what == sorted(["interventions on tiny", "interventions on tiny-b", "models under p2",
                            "models under steer-s0", "models under steer-s50"])
     on_tiny = next(c for c in comparisons if c["compared"] == "interventions on tiny")
-    assert sorted(on_tiny["arms"]) == ["tiny/p0", "tiny/p2", "tiny/steer-s0", "tiny/steer-s50"]  # not the flagged guard
+    assert sorted(on_tiny["arms"]) == ["tiny/p2", "tiny/steer-s0", "tiny/steer-s50"]  # not the flagged guard
     for arm, numbers in on_tiny["arms"].items():  # the same items: each arm's gain is its cell's own
         result = read_json(out / "cells" / f"tiny__power__{arm.split('/')[1]}" / "results" / f"{arm.split('/')[1]}.json")
         assert numbers["gain"] == pytest.approx(result["vat"]["gain"], abs=1e-12)
     models = next(c for c in comparisons if c["compared"] == "models under p2")
-    assert [(p["a"], p["b"]) for p in models["pairs"]] == [("tiny/p2", "tiny-b/p2")] and models["n_items"] == 40
+    assert [(p["a"], p["b"]) for p in models["pairs"]] == [("tiny/p2", "tiny-b/p2")] and models["n_items"] == 20
     summary_md = (out / "grid" / "summary.md").read_text()
     assert "### Power" in summary_md and "Paired differences (a - b), models under p2" in summary_md
 
@@ -216,7 +216,7 @@ def test_every_link_and_image_of_the_grid_report_resolves(grid_run):
     images = [l for l in parser.links if l.endswith(".png")]
     reports = [l for l in parser.links if l.endswith("report.html")]
     assert len(images) == len(grid_run["summary"]["matrices"]) + len(grid_run["summary"]["dose_response"]) > 0
-    assert len(reports) == 12 and any(l.endswith("guard.json") for l in parser.links)  # flagged: its result file
+    assert len(reports) == 8 and any(l.endswith("guard.json") for l in parser.links)  # flagged: its result file
     for link in parser.links:
         assert not link.startswith(("http", "/", "data:")), link
         target = (index.parent / link).resolve()
@@ -247,7 +247,7 @@ def test_grid_summary_push_is_captured_offline(grid_run, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     cells = datasets.load_dataset(str(tmp_path / "up"), "cells", cache_dir=str(tmp_path / "cache"))["train"]
     matrix = datasets.load_dataset(str(tmp_path / "up"), "matrix", cache_dir=str(tmp_path / "cache"))["train"]
-    assert len(cells) == 14 and "items" not in cells.column_names and "scenario" not in cells.column_names
+    assert len(cells) == 10 and "items" not in cells.column_names and "scenario" not in cells.column_names
     row = next(r for r in cells if r["cell"] == "tiny__power__p2")
     assert row["gain"] == read_json(grid_run["out"] / "cells/tiny__power__p2/results/p2.json")["vat"]["gain"]
     assert (row["vat"] is None) == (row["gain_status"] != "resolved")
@@ -304,10 +304,10 @@ def test_resume_after_a_kill_in_the_middle_of_a_cell_equals_an_uninterrupted_run
 
     def recipe(out):
         return {"models": [str(model)], "target_values": ["Power", "Security"], "output_dir": str(out),
-                "data": {"max_scenes": 2}, "metric": {"n_bootstrap": 50, "n_sign_flips": 200}, "eval": EVAL,
+                "data": {"max_scenes": 1}, "metric": {"n_bootstrap": 50, "n_sign_flips": 200}, "eval": EVAL,
                 "interventions": [{"type": "prompt", "name": "p2", "k_shots": 2}]}
 
-    # 40 items in batches of 8: 5 appends for the first cell's baseline, 5 for its prompt, then the
+    # 20 items in batches of 4: 5 appends for the first cell's baseline, 5 for its prompt, then the
     # second cell (baseline cached) is killed after 2 of its prompt's 5 batches reached the cache.
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(recipe(tmp_path / "killed")), "12"], env=env,
@@ -321,7 +321,7 @@ def test_resume_after_a_kill_in_the_middle_of_a_cell_equals_an_uninterrupted_run
     resumed = SweepRunner(SweepConfig.from_dict(recipe(tmp_path / "killed")), progress=False).run()
     assert resumed["run"]["skipped"] == ["tiny__power__p2"]  # the finished cell is reused as it is
     post = read_json(killed / "tiny__security__p2" / "judgments" / "results_p2.json")
-    assert (post["stats"]["n_cached"], post["stats"]["n_computed"]) == (16, 24)  # the killed cell judged only the rest
+    assert (post["stats"]["n_cached"], post["stats"]["n_computed"]) == (8, 12)  # the killed cell judged only the rest
     uninterrupted = SweepRunner(SweepConfig.from_dict(recipe(tmp_path / "clean")), progress=False).run()
     for cid in ("tiny__security__p2", "tiny__power__p2"):
         a = read_json(killed / cid / "results" / "p2.json")

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import re
 import time
@@ -252,9 +253,11 @@ def select_cells(cells: Sequence[Cell], only: Sequence[Mapping[str, str]]) -> Li
 
 
 def _fingerprint(config: ExperimentConfig) -> str:
+    """What a finished cell must match to be reused: its whole configuration but where it lives
+    and whether a progress bar was shown."""
     payload = {k: v for k, v in config.to_dict().items() if k != "output_dir"}
-    payload["eval"] = {k: v for k, v in payload["eval"].items() if k not in ("progress",)}
-    return hashlib.sha256(repr(sorted(payload.items())).encode()).hexdigest()[:16]
+    payload["eval"] = {k: v for k, v in payload["eval"].items() if k != "progress"}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class SweepRunner:
