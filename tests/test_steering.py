@@ -91,14 +91,17 @@ def test_steering_composes_with_the_shared_prefix_cache(sharp_model):
     model, tok = sharp_model.model, sharp_model.tokenizer
     vector = compute_steering_vector(model, tok, TRAIN, "Power", layers=[0])
     prompt = value_prompt("Power", TRAIN, k_shots=2)
+    # Unsteered first: a prefix cache kept from an unsteered pass must not serve a steered one.
+    unsteered = Evaluator(model, tok, prompt=prompt, prefix_reuse=True, progress=False).judge(TEST)
     with steer(model, vector, 6.0):
         reuse = Evaluator(model, tok, prompt=prompt, prefix_reuse=True, progress=False)
         with_prefix = reuse.judge(TEST)
         without_prefix = Evaluator(model, tok, prompt=prompt, prefix_reuse=False, progress=False).judge(TEST)
-    unsteered = Evaluator(model, tok, prompt=prompt, prefix_reuse=True, progress=False).judge(TEST)
+    again = Evaluator(model, tok, prompt=prompt, prefix_reuse=True, progress=False).judge(TEST)
     assert reuse.stats.n_prefix == len(TEST) and reuse.stats.prefix_tokens > 100
     assert torch.allclose(_probs(with_prefix), _probs(without_prefix), atol=1e-6)
     assert not torch.allclose(_probs(with_prefix), _probs(unsteered), atol=1e-4)
+    assert torch.allclose(_probs(again), _probs(unsteered), atol=1e-6)  # and a steered one never serves an unsteered
 
 
 def test_vector_round_trip(tmp_path, sharp_model):

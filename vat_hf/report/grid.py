@@ -211,7 +211,8 @@ def write_grid_report(summary: Mapping[str, Any], matrices: Sequence[Mapping[str
         md += [f"### {title}", "", f"![trade-off matrix {title}](matrix/{stem}.png)", "",
                f"Numbers: [matrix/{stem}.csv](matrix/{stem}.csv), [matrix/{stem}.json](matrix/{stem}.json)", "",
                fmt.markdown_table(*matrix_table(m, "drift"), bold=False), ""]
-        h += [f"<h3>{html.escape(title)}</h3>", f'<img alt="trade-off matrix {html.escape(title)}" src="matrix/{stem}.png">',
+        h += [f"<h3>{html.escape(title)}</h3>",
+              f'<a href="matrix/{stem}.png"><img alt="trade-off matrix {html.escape(title)}" src="matrix/{stem}.png"></a>',
               f'<p>Numbers: <a href="matrix/{stem}.csv">CSV</a>, <a href="matrix/{stem}.json">JSON</a></p>',
               _html_table(*matrix_table(m, "drift")), _html_table(*matrix_table(m, "gnd"))]
 
