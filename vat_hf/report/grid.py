@@ -34,6 +34,10 @@ MATRIX_READING = (
     "status in words.")
 
 
+# the grid's tables are wide (ten values, a row per cell): a wider page than a cell's report
+_GRID_CSS = "body { max-width: 1500px; } td { vertical-align: top; }"
+
+
 def _short_status(status: str) -> str:
     return {"not_resolved": "gain not resolved", "wrong_direction": "gain in the wrong direction",
             "no_bootstrap": "no bootstrap"}.get(status, status)
@@ -193,7 +197,7 @@ def write_grid_report(summary: Mapping[str, Any], matrices: Sequence[Mapping[str
     md = [f"# {summary['name']}: grid report", ""] + [f"- {f}" for f in facts] + ["", "## Cells", "",
                                                                                   fmt.markdown_table(head, [(False, r) for r in rows_md], bold=False), ""]
     h = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-         f"<title>{html.escape(summary['name'])}: grid report</title><style>{_CSS}</style></head><body>",
+         f"<title>{html.escape(summary['name'])}: grid report</title><style>{_CSS}{_GRID_CSS}</style></head><body>",
          f"<h1>{html.escape(summary['name'])}: grid report</h1>", '<ul class="facts">']
     h += [f"<li>{html.escape(f)}</li>" for f in facts] + ["</ul>", "<h2>Cells</h2>", "<table>",
                                                            "<thead><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in head)
