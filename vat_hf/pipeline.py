@@ -17,6 +17,8 @@ Layout of ``output_dir``::
     judgments/samples_<stage>.jsonl     each evaluation's per-sample records (prompt text and hash)
     cache/judgments/                    the judgment cache
     adapters/<name>/                    trained adapters, with their model cards
+    steering/<key>/                     steering vectors (vector.safetensors + vector.json), one per
+                                        model, target, layers and train set; every strength reads it
     results/<name>.json                 each intervention's result: provenance, both evaluations, VAT
     report/                             report.md, report.html, figures
     .vat-hf.lock                        held while a run works here (a second run on it is refused)
@@ -116,6 +118,13 @@ class ExperimentConfig:
         except UnknownValueError as err:
             raise FieldError("target_value", self.target_value, str(err).split(";")[0],
                              fix=str(err).split("; ", 1)[-1]) from None
+        # a steering entry with `strengths` is one intervention per strength (a dose-response)
+        self.interventions = [arm for spec in self.interventions for arm in spec.expand()]
+        for i, spec in enumerate(self.interventions):
+            if spec.target_values is not None and self.target_value not in spec.target_values:
+                raise FieldError(("interventions", i, "target_values"), spec.target_values,
+                                 f"limits intervention {spec.name!r} to other targets than this experiment's "
+                                 f"{self.target_value!r}", fix="drop its target_values (they select targets in a sweep recipe)")
         seen: Dict[str, int] = {}
         for i, spec in enumerate(self.interventions):
             key = ("interventions", i, "name")
@@ -190,26 +199,65 @@ def apply_overrides(raw: Any, source: RecipeSource, overrides: Mapping[Tuple[str
     return raw
 
 
+class ModelPool:
+    """Loaded base models by how they were loaded (path, dtype, device, attention), holding one
+    at a time: an experiment loads its base model once, and a sweep (:mod:`vat_hf.sweep`) shares
+    one pool across its cells, so each model is loaded once for all of its cells."""
+
+    def __init__(self):
+        self._key = None
+        self._loaded = None
+
+    def get(self, source):
+        """The :class:`~vat_hf.models.LoadedModel` of ``source`` (an ``HFModelSource``)."""
+        key = (source.resolved_path, str(source.dtype), str(source.device), source.attn_implementation)
+        if self._key != key:
+            from vat_hf.models import load_model
+
+            self._loaded = None  # the previous model goes before the next one is loaded
+            self._loaded = load_model(source.resolved_path, dtype=source.dtype, device=str(source.device),
+                                      attn_implementation=source.attn_implementation)
+            self._key = key
+        return self._loaded
+
+
+def adapter_slot(stage: str, adapter: str) -> str:
+    """The adapter's name on the shared base model: the stage and its folder (two cells of a sweep
+    may both call their intervention "sft", with different adapters)."""
+    import hashlib
+
+    return f"{stage}-{hashlib.sha256(str(Path(adapter).resolve()).encode()).hexdigest()[:10]}"
+
+
+def answer_mass(summary: Mapping[str, Any]) -> Optional[float]:
+    """How much of its answer the model gave as a rating: the mean option mass, or in generate
+    mode (no option probabilities) the fraction of items rated; None when there is neither."""
+    mass = summary.get("option_mass_mean")
+    if isinstance(mass, (int, float)) and mass == mass:
+        return float(mass)
+    n = summary.get("n_items") or 0
+    return (n - int(summary.get("n_missing") or 0)) / n if n else None
+
+
 class ExperimentRunner:
     """Runs an :class:`ExperimentConfig`; one loaded base model serves every evaluation that
     has something to judge (adapters are switched on it, never merged, never reloaded per
-    intervention), and it is loaded only then."""
+    intervention; steering hooks are added and removed around an evaluation), and it is loaded
+    only then. ``models``: a :class:`ModelPool` shared with other runs (a sweep's cells);
+    ``steering_dir``: where steering vectors are kept (default ``output_dir/steering``)."""
 
-    def __init__(self, config: ExperimentConfig, progress: bool = True):
+    def __init__(self, config: ExperimentConfig, progress: bool = True, models: Optional[ModelPool] = None,
+                 steering_dir=None):
         self.config = config
         self.out = Path(config.output_dir)
         self.progress = progress
-        self._loaded = None
+        self.models = models or ModelPool()
+        self.steering_dir = Path(steering_dir) if steering_dir else self.out / "steering"
 
     # -- model -------------------------------------------------------------------------------
     def _base(self, source):
         """The base model, loaded once (with the stage's dtype, device and attention)."""
-        if self._loaded is None:
-            from vat_hf.models import load_model
-
-            self._loaded = load_model(source.resolved_path, dtype=source.dtype, device=str(source.device),
-                                      attn_implementation=source.attn_implementation)
-        return self._loaded.model
+        return self.models.get(source).model
 
     def _model_for(self, source, adapter: Optional[str], adapter_name: Optional[str]):
         """The loaded base model with ``adapter`` active (or all adapters off for None)."""
@@ -220,27 +268,37 @@ class ExperimentRunner:
             return model
         if not isinstance(model, PeftModel):
             model = PeftModel.from_pretrained(model, adapter, adapter_name=adapter_name)
-            self._loaded.model = model
+            self.models.get(source).model = model
         elif adapter_name not in model.peft_config:
             model.load_adapter(adapter, adapter_name=adapter_name)
         model.set_adapter(adapter_name)
         model.eval()
         return model
 
-    def _loader(self, adapter: Optional[str], stage: str):
+    def _loader(self, adapter: Optional[str], stage: str, steering=None):
         @contextlib.contextmanager
         def judging_model(source):
-            model = self._model_for(source, adapter, stage)
-            if adapter is None and hasattr(model, "disable_adapter"):
-                with model.disable_adapter():
-                    yield model
-            else:
+            model = self._model_for(source, adapter, adapter_slot(stage, adapter) if adapter else None)
+            with contextlib.ExitStack() as stack:
+                if adapter is None and hasattr(model, "disable_adapter") and getattr(model, "peft_config", None):
+                    stack.enter_context(model.disable_adapter())
+                if steering is not None:
+                    from vat_hf.interventions.steering import steer
+
+                    stack.enter_context(steer(model, *steering))
                 yield model
 
         return judging_model
 
-    def evaluate(self, stage: str, items: List[Mapping], prompt: JudgePrompt, adapter: Optional[str] = None) -> Dict:
-        """One stage through :func:`vat_hf.evaluation.run_evaluation`; returns its results."""
+    def _source(self):
+        from vat_hf.evaluation.run import HFModelSource
+
+        return HFModelSource(self.config.model, None, self.config.eval, self.config.eval.device)
+
+    def evaluate(self, stage: str, items: List[Mapping], prompt: JudgePrompt, adapter: Optional[str] = None,
+                 steering=None) -> Dict:
+        """One stage through :func:`vat_hf.evaluation.run_evaluation`; returns its results.
+        ``steering``: ``(vector, strength)``, added by hooks while this stage judges."""
         from vat_hf.evaluation import run_evaluation
 
         cfg = self.config
@@ -249,7 +307,21 @@ class ExperimentRunner:
             eval_config, items=items, prompt=prompt, output=cfg.stage_paths(stage)["judgments"],
             model=cfg.model, adapter=adapter, name=stage, seed=cfg.seed, data_config=cfg.data.to_dict(),
             run_config={**cfg.to_dict(), "stage": stage}, default_cache_dir=self.out / "cache",
-            loader=self._loader(adapter, stage))
+            loader=self._loader(adapter, stage, steering),
+            model_variant=steering[0].variant(steering[1]) if steering is not None else None)
+
+    def _steering_inputs(self) -> Dict[str, Any]:
+        """What realising a steering intervention needs: where vectors live, the model files'
+        fingerprint that keys them, and the unsteered base model (loaded only if a vector must be
+        computed)."""
+        source = self._source()
+        files = source.file_fingerprints()
+
+        def load_base():
+            return self._model_for(source, None, None), source.tokenizer
+
+        return {"steering_dir": self.steering_dir, "model_key": files[0] if files else source.name_or_path,
+                "load_base": load_base}
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
@@ -272,29 +344,53 @@ class ExperimentRunner:
         training = dict(base_model=cfg.model, target_value=cfg.target_value, data_source=cfg.data.source,
                         data_columns=cfg.data.columns)
         for spec in cfg.interventions:  # a bad training recipe fails now, not after the evaluations
-            if spec.type != "prompt":
+            if spec.type in ("sft", "dpo"):
                 check_intervention(spec, output_dir=self.out / "adapters" / spec.name, **training)
+        steering_inputs = self._steering_inputs() if any(s.type == "steering" for s in cfg.interventions) else {}
         baseline = self.evaluate(BASELINE, items, JudgePrompt(name=BASELINE))
         results = []
         pre_records = read_jsonl(baseline["files"]["judgments"])
         posts: Dict[str, List[Dict]] = {}
         fingerprints: Dict[str, Any] = {BASELINE: baseline["fingerprints"]}
+        flagged = []
         for spec in cfg.interventions:
             started = time.time()
-            prompt, adapter = realise(spec, train_items=train_items, adapters_dir=self.out / "adapters", seed=cfg.seed,
-                                      **training)
-            post = self.evaluate(spec.name, items, prompt, adapter=adapter)
+            prompt, adapter, steering = realise(
+                spec, train_items=train_items, adapters_dir=self.out / "adapters", seed=cfg.seed,
+                **(steering_inputs if spec.type == "steering" else {}), **training)
+            post = self.evaluate(spec.name, items, prompt, adapter=adapter, steering=steering)
+            block = provenance(config=cfg.to_dict(), seed=cfg.seed, data=post["data"],
+                               fingerprints={"pre": baseline["fingerprints"], "post": post["fingerprints"]},
+                               started=started)
+            intervention = {**dataclasses.asdict(spec), "prompt": prompt.to_dict()}
+            if steering is not None:
+                intervention["steering"] = {**steering[0].meta, **steering[0].variant(steering[1]),
+                                            "prefix_reuse": "composed: the hooks are active while the shared "
+                                                            "prefix's key/value cache is computed"}
+            mass = answer_mass(post["summary"])
+            if spec.min_option_mass is not None and (mass is None or mass < spec.min_option_mass):
+                # The model mostly stopped answering with a rating: its renormalised ratings are not
+                # its judgments, so this arm is recorded and never scored.
+                flag = {"reason": "option_mass_below_threshold", "option_mass_mean": mass,
+                        "min_option_mass": spec.min_option_mass,
+                        "words": f"mean option mass {'n/a' if mass is None else f'{mass:.3g}'} is below "
+                                 f"min_option_mass {spec.min_option_mass:g}: not scored"}
+                result = intervention_result(
+                    name=spec.name, target_value=cfg.target_value, model=post["model"], provenance=block,
+                    intervention=intervention, pre=baseline, post=post, vat=None)
+                result["flag"] = flag
+                logger.warning("%s: %s", spec.name, flag["words"])
+                write_json(cfg.stage_paths(spec.name)["result"], result)
+                flagged.append(result)
+                continue
             posts[spec.name] = read_jsonl(post["files"]["judgments"])
             fingerprints[spec.name] = post["fingerprints"]
             vat = score_judgments(pre_records, posts[spec.name], cfg.target_value, seed=cfg.seed,
                                   pre_name=str(baseline["files"]["judgments"]), post_name=str(post["files"]["judgments"]),
                                   **cfg.metric.kwargs())
-            block = provenance(config=cfg.to_dict(), seed=cfg.seed, data=post["data"],
-                               fingerprints={"pre": baseline["fingerprints"], "post": post["fingerprints"]},
-                               started=started)
             result = intervention_result(
                 name=spec.name, target_value=cfg.target_value, model=post["model"], provenance=block,
-                intervention={**dataclasses.asdict(spec), "prompt": prompt.to_dict()}, pre=baseline, post=post, vat=vat)
+                intervention=intervention, pre=baseline, post=post, vat=vat)
             trajectory_file = Path(adapter) / "trajectory.jsonl" if adapter else None
             if trajectory_file is not None and trajectory_file.exists():
                 from vat_hf.train.trajectory import drift_onset
@@ -305,7 +401,7 @@ class ExperimentRunner:
             if adapter:  # the trained adapter's model card gets its VAT result
                 from vat_hf.train.card import add_vat_result
 
-                add_vat_result(adapter, result["vat"], data=result["data"])
+                add_vat_result(adapter, result["vat"], data=result["data"], experiment=cfg.name)
             results.append(read_json(path))
         # The interventions against each other: differences bootstrapped on the same resampled scenes
         # (every arm here shares the baseline; compare_judgments also takes arms with their own).
@@ -322,8 +418,9 @@ class ExperimentRunner:
             from vat_hf.report import write_report
 
             report_paths = write_report(results, self.out / "report", title=f"{cfg.name}: toward {cfg.target_value}",
-                                        comparison=comparison)
-        return {"results": results, "report": report_paths, "baseline": baseline["summary"], "comparison": comparison}
+                                        comparison=comparison, not_scored=flagged)
+        return {"results": results, "flagged": flagged, "report": report_paths, "baseline": baseline["summary"],
+                "comparison": comparison}
 
 
 OVERRIDES = {"max_scenes": ("data", "max_scenes")}

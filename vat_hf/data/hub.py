@@ -243,6 +243,20 @@ def push_to_hub(items: Union[datasets.Dataset, Sequence[Mapping], str, Path], re
     ds = to_dataset(items)  # validate
     ds.info.description = description
     files, card = hub_files(ds, metadata, repo_id=repo_id, license=license, pretty_name=pretty_name)
+    return commit_files(repo_id, files, card, private=private, token=token, revision=revision, create_pr=create_pr,
+                        commit_message=commit_message or f"Upload vat-hf item set ({len(ds)} items)",
+                        dry_run_dir=dry_run_dir, api=api)
+
+
+def commit_files(repo_id: str, files: Mapping[str, bytes], card: str, *, commit_message: str,
+                 private: Optional[bool] = None, token: Optional[str] = None, revision: Optional[str] = None,
+                 create_pr: bool = False, dry_run_dir: Optional[Union[str, Path]] = None, api: Any = None) -> PushResult:
+    """Upload ``files`` (path in the repo -> content) to a Hub dataset repository in one commit,
+    deleting files under ``data/`` that an earlier push left and this one does not have;
+    ``dry_run_dir`` writes them there instead (each atomically) and makes no network call. The
+    one upload of vat-hf: item sets (:func:`push_to_hub`) and a sweep's results
+    (:func:`vat_hf.report.hub.push_grid_summary`)."""
+    files = dict(files)
     if dry_run_dir is not None:
         for name, content in files.items():
             atomic_write_bytes(Path(dry_run_dir) / name, content)
@@ -267,5 +281,5 @@ def push_to_hub(items: Union[datasets.Dataset, Sequence[Mapping], str, Path], re
     operations: List[Any] = [CommitOperationDelete(path_in_repo=p) for p in stale]
     operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in files.items()]
     commit = api.create_commit(repo_id, operations=operations, repo_type="dataset", revision=revision, create_pr=create_pr,
-                               commit_message=commit_message or f"Upload vat-hf item set ({len(ds)} items)")
+                               commit_message=commit_message)
     return PushResult(repo_id=repo_id, files=files, card=card, commit=commit, deleted=stale)

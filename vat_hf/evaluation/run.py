@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from vat_hf.errors import VatHfError
-from vat_hf.evaluation.config import EvalConfig
+from vat_hf.evaluation.config import EvalConfig, EvalConfigError
 from vat_hf.evaluation.task import JudgeStats, check_item_ids, make_record
 
 logger = logging.getLogger(__name__)
@@ -178,9 +178,12 @@ def _cached_outputs(cache, items: Sequence[Mapping], mode: str) -> Optional[List
 
 
 def _judge_hf(source: HFModelSource, config: EvalConfig, items: Sequence[Mapping], prompt, cache_root: Optional[Path],
-              rank: int, progress: bool) -> Tuple[List[Dict], JudgeStats, Dict[str, str], str, Optional[str]]:
+              rank: int, progress: bool, model_variant: Optional[Mapping[str, Any]] = None
+              ) -> Tuple[List[Dict], JudgeStats, Dict[str, str], str, Optional[str]]:
     """Records of ``items`` (this process's share), the judging statistics, the fingerprints,
-    the scoring mode and the prompt template; the model is loaded only if an item is not cached."""
+    the scoring mode and the prompt template; the model is loaded only if an item is not cached.
+    ``model_variant`` (what the loader does to the model beyond its files and adapter, such as
+    a steering hook) is folded into the model fingerprint, so its judgments have their own cache."""
     from vat_hf.evaluation.cache import JudgmentCache, sha256_json
     from vat_hf.evaluation.task import default_max_length, resolve_mode, scoring_config
 
@@ -198,11 +201,16 @@ def _judge_hf(source: HFModelSource, config: EvalConfig, items: Sequence[Mapping
 
             model = stack.enter_context(source.load())
             files = (model_fingerprint(model), adapter_fingerprint(model))
-        fingerprints = {"model": files[0], "adapter": files[1], "prompt": prompt_fp, "scoring": sha256_json(scoring)[:32]}
+        model_fp = files[0] if not model_variant else sha256_json({"model": files[0], "variant": model_variant})[:32]
+        fingerprints = {"model": model_fp, "adapter": files[1], "prompt": prompt_fp, "scoring": sha256_json(scoring)[:32]}
+        if model_variant:
+            fingerprints["variant"] = sha256_json(model_variant)[:32]
         cache = None
         if cache_root is not None:
-            cache = JudgmentCache(cache_root, *fingerprints.values(), rank=rank,
+            cache = JudgmentCache(cache_root, fingerprints["model"], fingerprints["adapter"], fingerprints["prompt"],
+                                  fingerprints["scoring"], rank=rank,
                                   meta={"model": source.name_or_path, "adapter": source.adapter,
+                                        "variant": dict(model_variant) if model_variant else None,
                                         "prompt": prompt.to_dict(), "scoring": scoring})
             outputs = _cached_outputs(cache, items, mode) if model is None else None
             if outputs is not None:  # every judgment is cached: no weights are read
@@ -226,7 +234,8 @@ def _judge_hf(source: HFModelSource, config: EvalConfig, items: Sequence[Mapping
 def run_evaluation(config: EvalConfig, *, items: Sequence[Mapping], prompt, output, model: Optional[str] = None,
                    adapter: Optional[str] = None, name: Optional[str] = None, seed: int = 0,
                    data_config: Optional[Mapping[str, Any]] = None, run_config: Optional[Mapping[str, Any]] = None,
-                   default_cache_dir=None, loader: Optional[ModelLoader] = None, accelerator=None) -> Dict[str, Any]:
+                   default_cache_dir=None, loader: Optional[ModelLoader] = None, accelerator=None,
+                   model_variant: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Judge ``items`` (the first ``config.limit`` of them) with ``model`` (+ ``adapter``) under
     ``prompt``; write the judgments to ``output`` and ``results_<name>.json`` (and, with
     ``log_samples``, ``samples_<name>.jsonl``) into ``config.log_dir`` or ``output``'s folder.
@@ -235,7 +244,9 @@ def run_evaluation(config: EvalConfig, *, items: Sequence[Mapping], prompt, outp
     ``data_config`` (where the items came from) and ``run_config`` (the caller's whole
     configuration) go into the results file's provenance; ``default_cache_dir`` is the cache root
     when ``config.cache_dir`` is unset (default ``$VAT_HF_CACHE``); ``loader`` gives the model
-    instead of loading it (see :data:`ModelLoader`).
+    instead of loading it (see :data:`ModelLoader`); ``model_variant`` describes what that loader
+    does to the model beyond its files and adapter (a steering hook: its vector, layers and
+    strength); it enters the judgment cache's model fingerprint and the results' ``model``.
     """
     from vat_hf.evaluation.results import data_block, evaluation_result, sample_records
     from vat_hf.evaluation.task import summarize
@@ -268,6 +279,10 @@ def run_evaluation(config: EvalConfig, *, items: Sequence[Mapping], prompt, outp
     if config.backend == "vllm":
         from vat_hf.evaluation.vllm_backend import VLLMEvaluator
 
+        if model_variant:
+            raise EvalConfigError(f"{name}: a model changed by the loader ({model_variant.get('kind')}) is judged by "
+                                  "the transformers backend only", fix="set eval.backend: hf for this intervention")
+
         evaluator = VLLMEvaluator(model, prompt=prompt, adapter=adapter, dtype=config.dtype, mode=config.mode,
                                   max_length=config.max_length, truncation=config.truncation,
                                   max_new_tokens=config.max_new_tokens, progress=progress)
@@ -277,8 +292,11 @@ def run_evaluation(config: EvalConfig, *, items: Sequence[Mapping], prompt, outp
         fingerprints = {"model": None, "adapter": None, "prompt": prompt.fingerprint(), "scoring": None}
     else:
         source = HFModelSource(model, adapter, config, device, loader)
-        local, stats, fingerprints, mode, template = _judge_hf(source, config, local_items, prompt, cache_root, rank, progress)
+        local, stats, fingerprints, mode, template = _judge_hf(source, config, local_items, prompt, cache_root, rank, progress,
+                                                               model_variant)
         tokenizer, model_info = source.tokenizer, source.info()
+        if model_variant:
+            model_info["variant"] = dict(model_variant)
 
     stats_row = {**stats.to_dict(), "rank": rank}
     pairs = list(zip(shard, local))

@@ -573,14 +573,22 @@ def _paired_note(comparison: Optional[Dict[str, Any]], n_results: int) -> Option
     return None
 
 
+def _not_scored_lines(not_scored: Sequence[Dict[str, Any]]) -> List[str]:
+    """One sentence per intervention that was evaluated but not scored (its flag's words)."""
+    return [f"{r.get('name')}: {(r.get('flag') or {}).get('words') or 'not scored'}" for r in not_scored]
+
+
 def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Optional[str] = None,
-                 comparison: Optional[Dict[str, Any]] = None) -> Dict[str, Path]:
+                 comparison: Optional[Dict[str, Any]] = None,
+                 not_scored: Sequence[Dict[str, Any]] = ()) -> Dict[str, Path]:
     """Write ``report.md``, ``report.html`` (self-contained: figures inlined as base64 PNG) and the
     PNG figures into ``out_dir``: ``radar.png`` (states, pre and every post), ``gain_tax.png``
     (all interventions) and, per intervention, ``drift_<name>.png`` and ``coupling_<name>.png``.
     ``comparison`` is the paired comparison of the results' interventions
     (:func:`vat_hf.metrics.compare_paired` / ``compare_judgments``): its differences are shown and
-    it alone sets the "same gain, different tax" flag. Returns ``{"markdown": ..., "html": ...,
+    it alone sets the "same gain, different tax" flag. ``not_scored``: intervention results that
+    were evaluated but flagged and never scored (a steering strength whose option mass collapsed);
+    each is listed with its reason. Returns ``{"markdown": ..., "html": ...,
     "radar": ..., "gain_tax": ..., "drift_<name>": ..., "coupling_<name>": ...}``.
     """
     if not results:
@@ -627,6 +635,8 @@ def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Op
         md += [pairs_caption, "", fmt.markdown_table(*pairs, bold=False), ""]
     if note:
         md += [note, ""]
+    if not_scored:
+        md += ["Evaluated but not scored:", ""] + [f"- {line}" for line in _not_scored_lines(not_scored)] + [""]
     md += ["![gain-tax plane](gain_tax.png)", ""] + [f"![value states]({f})" for f in radar_files] + [""]
     md += ["### Reading this report", ""] + [f"- **{k}.** {v}" for k, v in READING] + [""]
     for r, s, sec in zip(results, slugs, per_result):
@@ -653,6 +663,9 @@ def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: Op
         h += [f"<p>{html.escape(pairs_caption)}</p>", _html_table(*pairs, mark="flag")]
     if note:
         h.append(f'<p class="facts">{html.escape(note)}</p>')
+    if not_scored:
+        h += ['<p class="warnings">Evaluated but not scored:</p>', '<ul class="warnings">']
+        h += [f"<li>{html.escape(line)}</li>" for line in _not_scored_lines(not_scored)] + ["</ul>"]
     h += ['<div class="figs">', img("gain_tax.png", "gain-tax plane")] + [img(f, "value states") for f in radar_files]
     h += ["</div>", "<h3>Reading this report</h3>", "<ul>"]
     h += [f"<li><b>{html.escape(k)}.</b> {html.escape(v)}</li>" for k, v in READING] + ["</ul>"]

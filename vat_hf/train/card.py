@@ -24,10 +24,12 @@ CARD = "README.md"
 METHOD_NAMES = {"sft": "supervised fine-tuning (TRL SFTTrainer)", "dpo": "Direct Preference Optimization (TRL DPOTrainer)"}
 
 
-def _vat_section(vat: Mapping) -> str:
+def _vat_section(vat: Mapping, experiment: Optional[str] = None) -> str:
     lines = ["## Value Alignment Tax", ""]
     target = vat.get("target_value")
-    lines.append(f"Measured by `vat-hf run` on {vat.get('n_items', '?')} test items (scenes never used for training).")
+    where = f" (experiment `{experiment}`)" if experiment else ""
+    lines.append(f"Measured by `vat-hf run`{where} on {vat.get('n_items', '?')} test items (scenes never used for "
+                 "training).")
     lines.append("")
     lines.append("| quantity | value |")
     lines.append("|---|---|")
@@ -164,7 +166,7 @@ def card_body(info: Mapping) -> str:
         lines += [f"| {k} | {fmt.plain(v)} |" for k, v in info["train_metrics"].items()]
         lines.append("")
     if info.get("vat"):
-        lines += [_vat_section(info["vat"]), ""]
+        lines += [_vat_section(info["vat"], info.get("vat_experiment")), ""]
         note = _gain_status_note(info["vat"])
         if note:
             lines += [note, ""]
@@ -194,13 +196,17 @@ def read_training_info(output_dir) -> Optional[Dict]:
     return read_json(path) if path.exists() else None
 
 
-def add_vat_result(output_dir, vat: Mapping, data: Optional[Mapping] = None) -> Optional[Path]:
-    """Add a VAT result (and ``data``: the judged item set's source, split and fingerprint) to
-    the card of a vat-hf-trained adapter (no-op for other folders)."""
+def add_vat_result(output_dir, vat: Mapping, data: Optional[Mapping] = None,
+                   experiment: Optional[str] = None) -> Optional[Path]:
+    """Add a VAT result (and ``data``: the judged item set's source, split and fingerprint;
+    ``experiment``: the experiment's name, for a sweep's cell ``<sweep>/<cell id>``) to the card
+    of a vat-hf-trained adapter (no-op for other folders)."""
     info = read_training_info(output_dir)
     if info is None:
         return None
     info["vat"] = dict(vat)
+    if experiment:
+        info["vat_experiment"] = experiment
     if data is not None:
         info["vat_data"] = {key: data.get(key) for key in ("source", "split", "n_items", "n_scenes", "fingerprint")}
     return write_model_card(output_dir, info)
