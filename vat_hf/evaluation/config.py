@@ -17,11 +17,25 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Union
 from vat_hf.errors import VatHfError
 
 MODE_CHOICES = ("auto", "logprob", "logprob-multitoken", "generate")
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "openai")
+SERVED_APIS = ("auto", "completions", "chat")
 
 
 class EvalConfigError(VatHfError, ValueError):
     """An evaluation setting that cannot be used; names the setting."""
+
+
+def json_mapping(value, what: str, example: str) -> Optional[Mapping]:
+    """A setting that is a mapping in a recipe and a JSON object on the command line, as a
+    mapping (None for none or an empty string)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else None
+        except json.JSONDecodeError as err:
+            raise EvalConfigError(f"{what}: not a JSON object ({err})", fix=f"give a mapping such as {example}") from None
+    if value is not None and not isinstance(value, Mapping):
+        raise EvalConfigError(f"{what} must be a mapping, got {value!r}", fix=f"give a mapping such as {example}")
+    return value
 
 
 def _help(text: str, **more) -> Dict[str, Any]:
@@ -36,8 +50,9 @@ class EvalConfig:
 
     _argument_group_name = "evaluator settings (EvalConfig: also a recipe's eval: section)"  # HfArgumentParser: the --help section
 
-    backend: Literal["hf", "vllm"] = field(
-        default="hf", metadata=_help("hf (transformers) or vllm (the optional extra, on a supported GPU)."))
+    backend: Literal["hf", "vllm", "openai"] = field(
+        default="hf", metadata=_help("hf (transformers), vllm (vLLM's offline engine: the vllm extra) or openai (a "
+                                     "model served over an OpenAI-compatible API: --base_url; the openai extra)."))
     mode: Literal["auto", "logprob", "logprob-multitoken", "generate"] = field(
         default="auto", metadata=_help("Scoring mode; auto: logprob when the options are single tokens, "
                                        "else logprob-multitoken."))
@@ -73,16 +88,48 @@ class EvalConfig:
         default=None, metadata=_help("Folder for results_<name>.json and samples_<name>.jsonl (default: the "
                                      "judgments' folder)."))
     progress: bool = field(default=True, metadata=_help("Show a progress bar."))
+    # -- vLLM's offline engine (backend vllm) -----------------------------------------------------
+    vllm_engine_args: Optional[str] = field(
+        default=None, metadata=_help("More vllm.LLM arguments: a JSON object (in a recipe, a mapping), e.g. "
+                                     '{"tensor_parallel_size": 4, "gpu_memory_utilization": 0.85}.'))
+    # -- served models (backend openai) -----------------------------------------------------------
+    # The key itself is never a setting: only where to read it from, so that no config, results
+    # file, card or log can hold it.
+    base_url: Optional[str] = field(
+        default=None, metadata=_help("OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (backend openai)."))
+    model_name: Optional[str] = field(
+        default=None, metadata=_help("The model's name on the server (default: the one model it lists). --model "
+                                     "then names the tokenizer (a Hub id or folder), if there is one."))
+    api: Literal["auto", "completions", "chat"] = field(
+        default="auto", metadata=_help("Server endpoint: completions (the exact prompt as token ids; needs the "
+                                       "tokenizer), chat (messages; the server applies its chat template) or auto "
+                                       "(completions when the tokenizer is available, else chat)."))
+    api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata=_help("Environment variable holding the server's API key (read, never "
+                                                 "written anywhere)."))
+    api_key_file: Optional[str] = field(
+        default=None, metadata=_help("File holding the API key (first line), instead of --api_key_env."))
+    top_logprobs: int = field(
+        default=20, metadata=_help("Top log-probabilities asked for at the answer's first token, where the server "
+                                   "cannot return the five options' own (OpenAI allows at most 20)."))
+    max_concurrency: int = field(
+        default=8, metadata=_help("Requests in flight at once (the server batches them)."))
+    request_timeout: float = field(
+        default=120.0, metadata=_help("Seconds before one request is abandoned and retried."))
+    max_retries: int = field(
+        default=5, metadata=_help("Retries of one request on a timeout, a dropped connection, 408/409/429 or a 5xx "
+                                  "(exponential backoff, or the server's Retry-After)."))
 
     def __post_init__(self):
         if isinstance(self.prefix_reuse, bool):  # a YAML recipe may say true/false
             self.prefix_reuse = "true" if self.prefix_reuse else "false"
         self.prefix_reuse = str(self.prefix_reuse).lower()
         for name, choices in (("backend", BACKENDS), ("mode", MODE_CHOICES), ("prefix_reuse", ("auto", "true", "false")),
-                              ("truncation", ("refuse", "left"))):
+                              ("truncation", ("refuse", "left")), ("api", SERVED_APIS)):
             if getattr(self, name) not in choices:
                 raise EvalConfigError(f"eval setting {name}={getattr(self, name)!r} is not one of {list(choices)}")
-        for name in ("max_batch_tokens", "max_batch_size", "max_new_tokens", "max_length", "limit"):
+        for name in ("max_batch_tokens", "max_batch_size", "max_new_tokens", "max_length", "limit", "top_logprobs",
+                     "max_concurrency"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise EvalConfigError(f"eval setting {name}={value!r} must be a whole number >= 1")
@@ -92,6 +139,30 @@ class EvalConfig:
             parse_dtype(self.dtype)
         except ValueError as err:
             raise EvalConfigError(f"eval setting dtype: {err}") from None
+        self._check_backend_settings()
+
+    def _check_backend_settings(self) -> None:
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise EvalConfigError(f"eval setting max_retries={self.max_retries!r} must be a whole number >= 0")
+        if isinstance(self.request_timeout, bool) or not isinstance(self.request_timeout, (int, float)) \
+                or not self.request_timeout > 0:
+            raise EvalConfigError(f"eval setting request_timeout={self.request_timeout!r} must be a number of seconds > 0")
+        self.vllm_engine_args = json_mapping(self.vllm_engine_args, "eval setting vllm_engine_args",
+                                             '{"tensor_parallel_size": 2}')
+        if self.base_url:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.base_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise EvalConfigError(f"eval setting base_url={self.base_url!r} is not an http(s) address",
+                                      fix="e.g. http://127.0.0.1:8000/v1")
+            # A key inside the address would be written with the config into every results file.
+            if parts.username or parts.password or parts.query:
+                raise EvalConfigError("eval setting base_url carries credentials or a query string; it is written "
+                                      "into results files, so it may hold neither",
+                                      fix=f"put the key in ${self.api_key_env} or --api_key_file and give the "
+                                          f"address alone ({parts.scheme}://{parts.hostname}"
+                                          f"{':' + str(parts.port) if parts.port else ''}{parts.path})")
 
     @property
     def prefix_reuse_flag(self) -> Union[str, bool]:
@@ -121,14 +192,7 @@ class DataConfig:
                                      "(in a recipe, a mapping) of schema field -> column."))
 
     def __post_init__(self):
-        if isinstance(self.columns, str):
-            try:
-                self.columns = json.loads(self.columns) if self.columns.strip() else None
-            except json.JSONDecodeError as err:
-                raise EvalConfigError(f"data columns: not a JSON object ({err})",
-                                      fix='give a mapping such as {"scenario": "situation"}') from None
-        if self.columns is not None and not isinstance(self.columns, Mapping):
-            raise EvalConfigError(f"data columns must be a mapping of schema field -> column, got {self.columns!r}")
+        self.columns = json_mapping(self.columns, "data columns", '{"scenario": "situation"}')
         if self.max_scenes is not None and (not isinstance(self.max_scenes, int) or self.max_scenes < 1):
             raise EvalConfigError(f"data max_scenes={self.max_scenes!r} must be a whole number >= 1")
 
