@@ -105,13 +105,13 @@ def _on_cpu() -> bool:
         return False
 
 
-def build_engine_args(model_path: str, dtype: str, max_model_len: Optional[int], lora_rank: Optional[int] = None,
-                extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """The ``vllm.LLM`` arguments of an evaluation: prefix caching on, the given dtype and
-    context, LoRA when an adapter is served (``lora_rank``), CPU defaults, then ``extra``."""
+def build_engine_args(model_path: str, dtype: str, lora_rank: Optional[int] = None,
+                      extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The ``vllm.LLM`` arguments of an evaluation: prefix caching on, the given dtype, LoRA when
+    an adapter is served (``lora_rank``), CPU defaults, then ``extra``. The engine's context is
+    the model's (vLLM's default) whatever ``max_length`` the evaluation judges up to, so that
+    evaluations with other limits reuse the engine."""
     args: Dict[str, Any] = {"model": str(model_path), "dtype": dtype, "enable_prefix_caching": True, "seed": 0}
-    if max_model_len:
-        args["max_model_len"] = int(max_model_len)
     if lora_rank:
         args.update(enable_lora=True, max_lora_rank=max(16, lora_rank), max_loras=1)
     if _on_cpu():
@@ -202,7 +202,7 @@ class VLLMEvaluator:
             raise ValueError("the judgment cache given was built for another prompt")
         self.multitoken_path = multitoken_path
         rank = (adapter_rank(self.adapter) or 16) if self.adapter else None
-        self._engine_args = build_engine_args(self.model_path, dtype, max_length, rank, engine_args)
+        self._engine_args = build_engine_args(self.model_path, dtype, rank, engine_args)
         self._llm = llm
         self.stats = JudgeStats()
         self.path_counts: Dict[str, int] = {}
