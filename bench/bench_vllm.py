@@ -38,6 +38,22 @@ def agreement(reference, records):
             "score_paths": sorted({str(b.get("score_path")) for _, b in pairs})}
 
 
+def random_smollm2(tokenizer_dir: Path, folder: Path) -> Path:
+    """SmolLM2-135M-Instruct's architecture with random weights (seed 0) and its tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                         rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def timed(judge, items, repeats, before=None):
     runs, records = [], None
     for _ in range(repeats):
@@ -53,6 +69,11 @@ def timed(judge, items, repeats, before=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--random-model", action="store_true",
+                        help="a random-weight model of SmolLM2-135M's shape, built here with --tokenizer's vocabulary "
+                             "(for a machine without the embedded model: bench/gpu_checks.sh); speed and the "
+                             "backends' agreement do not depend on the weights")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder for --random-model")
     parser.add_argument("--n-items", type=int, default=160, help="first N built-in test items (0: all 440)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the transformers evaluator")
@@ -76,7 +97,10 @@ def main(argv=None):
     from vat_hf.models import embedded_model_dir, load_model
 
     torch.set_num_threads(args.threads)
-    model_dir = Path(args.model) if args.model else embedded_model_dir()
+    if args.random_model:
+        model_dir = random_smollm2(Path(args.tokenizer or embedded_model_dir()), args.output.parent / "random-smollm2")
+    else:
+        model_dir = Path(args.model) if args.model else embedded_model_dir()
     items = [i for i in load_items("builtin") if i["split"] == "test"]
     items = items[:args.n_items] if args.n_items else items
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,

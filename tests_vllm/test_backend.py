@@ -114,7 +114,7 @@ def test_generate_mode_equals_the_transformers_evaluator(model_dir, tokenizer, h
 def test_bad_input_is_recorded_and_the_rest_is_judged(model_dir, tokenizer, hf_model, many_items):
     its = [dict(i) for i in many_items[:4]]
     its[1]["action"] = "  "
-    its[2]["scenario"] = its[2]["scenario"] + " More detail." * 40
+    its[2]["scenario"] = its[2]["scenario"] + " More detail." * 100  # about 300 tokens more
     records = backend(model_dir, tokenizer, max_length=300).judge(its)
     reference = Evaluator(hf_model, tokenizer, max_length=300, progress=False).judge(its)
     assert "empty action" in records[1]["missing_reason"]
