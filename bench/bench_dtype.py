@@ -4,12 +4,16 @@ The embedded SmolLM2-135M-Instruct judges the built-in test items in float32 and
 side by side in one process (rounds alternate; medians of ``--repeats`` are reported, wall clock
 and CPU time). Reported: items/s of each and the ratio, argmax agreement, the largest and mean
 absolute difference of the expected rating, the largest difference of an option probability.
-With ``--vat`` the demo's baseline and its prompt intervention (value system prompt + 4
-demonstrations toward Benevolence) are judged both ways and the VAT result of each dtype is
-shown side by side (gain, tax, the largest drift difference); the paired test of the two runs
-belongs to the statistics layer.
+With ``--vat`` the demo's baseline and its interventions are judged both ways: the prompt
+intervention (value system prompt + 4 demonstrations toward Benevolence) and, with
+``--demo-dir`` (the output folder of ``make demo``), its trained SFT and DPO adapters
+(``<demo-dir>/adapters/<name>``). Each intervention's VAT result in each dtype is shown side
+by side, and the two are compared with the paired comparison
+(:func:`vat_hf.metrics.paired.compare_judgments`, arms ``(pre_fp32, post_fp32)`` and
+``(pre_bf16, post_bf16)`` on the same items, whole scenes resampled): the gain, tax and VAT
+differences with their intervals and the verdict.
 
-    .venv/bin/python bench/bench_dtype.py              # --n-items 0 (all 440) --repeats 3 --threads 1 --vat
+    .venv/bin/python bench/bench_dtype.py --vat --demo-dir outputs/demo   # all 440 items, 3 repeats, 1 thread
 
 The CPU's native bf16 support (``vat_hf.models.loading.cpu_bf16_capability``) is recorded: on a
 CPU without AMX-BF16 or AVX512-BF16, bf16 matrix products are emulated and slower than fp32.
@@ -27,10 +31,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def judge(loaded, prompt, items):
+def judge(loaded, prompt, items, model=None):
     from vat_hf.evaluation import Evaluator
 
-    evaluator = Evaluator(loaded.model, loaded.tokenizer, prompt=prompt, progress=False)
+    evaluator = Evaluator(model if model is not None else loaded.model, loaded.tokenizer, prompt=prompt, progress=False)
     start, cpu = time.perf_counter(), time.process_time()
     records = evaluator.judge(items)
     return records, {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
@@ -51,7 +55,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--vat", action="store_true", help="also the demo's prompt intervention and its VAT both ways")
-    parser.add_argument("--n-bootstrap", type=int, default=200)
+    parser.add_argument("--n-bootstrap", type=int, default=1000)
+    parser.add_argument("--demo-dir", type=Path, default=None,
+                        help="make demo's output folder: also its trained adapters (adapters/sft-lora, adapters/dpo-lora)")
     parser.add_argument("--output", type=Path, default=REPO / "outputs" / "bench" / "dtype.json")
     args = parser.parse_args(argv)
 
@@ -93,23 +99,48 @@ def main(argv=None):
         "baseline": agreement(records["float32"], records["bfloat16"]),
     }
     if args.vat:
-        from vat_hf.metrics.paired import score_judgments
+        from vat_hf.metrics.paired import compare_judgments, score_judgments
 
-        prompt = value_prompt("Benevolence", train, k_shots=4, seed=0, name="prompt-k4")
-        post = {name: judge(loaded, prompt, test)[0] for name, loaded in models.items()}
-        report["prompt_k4"] = agreement(post["float32"], post["bfloat16"])
-        vat = {name: score_judgments(records[name], post[name], "Benevolence", n_bootstrap=args.n_bootstrap,
-                                     n_subsamples=0, n_permutations=0) for name in models}
-        drifts = [abs(vat["float32"]["drift"][v] - vat["bfloat16"]["drift"][v]) for v in vat["float32"]["drift"]
-                  if vat["float32"]["drift"][v] is not None and vat["bfloat16"]["drift"][v] is not None]
-        report["vat"] = {name: {k: v.get(k) for k in ("gain", "vat", "tax", "gain_status", "n_items")}
-                         for name, v in vat.items()}
-        report["vat"]["max_abs_drift_diff"] = max(drifts)
-        report["vat"]["drift"] = {name: v["drift"] for name, v in vat.items()}
+        posts = {"prompt-k4": {name: judge(loaded, value_prompt("Benevolence", train, k_shots=4, seed=0, name="prompt-k4"),
+                                           test)[0] for name, loaded in models.items()}}
+        report["prompt_k4"] = agreement(posts["prompt-k4"]["float32"], posts["prompt-k4"]["bfloat16"])
+        for adapter in sorted((args.demo_dir / "adapters").iterdir()) if args.demo_dir else []:
+            if not (adapter / "adapter_config.json").exists():
+                continue
+            from peft import PeftModel
+
+            posts[adapter.name] = {}
+            for name, loaded in models.items():
+                peft = PeftModel.from_pretrained(loaded.model, str(adapter)).eval()
+                posts[adapter.name][name] = judge(loaded, baseline, test, model=peft)[0]
+                loaded.model = peft.unload()  # the bare base model again, for the next adapter
+        kwargs = dict(n_bootstrap=args.n_bootstrap, seed=0)
+        report["vat"], report["paired"] = {}, {}
+        for intervention, post in posts.items():
+            vat = {name: score_judgments(records[name], post[name], "Benevolence", n_subsamples=0, n_permutations=0,
+                                     **kwargs)
+                   for name in models}
+            report["vat"][intervention] = {name: {k: v.get(k) for k in ("gain", "gain_ci", "tax", "tax_ci", "vat",
+                                                                         "vat_ci", "gain_status", "n_items")}
+                                           for name, v in vat.items()}
+            report["vat"][intervention]["argmax_agreement_post"] = agreement(post["float32"], post["bfloat16"])
+            paired = compare_judgments({"fp32": (records["float32"], post["float32"]),
+                                        "bf16": (records["bfloat16"], post["bfloat16"])}, "Benevolence", **kwargs)
+            pair = paired["pairs"][0]
+            report["paired"][intervention] = {k: pair.get(k) for k in (
+                "a", "b", "gain_diff", "gain_diff_ci", "tax_diff", "tax_diff_ci", "tax_diff_test", "vat_diff",
+                "vat_diff_ci", "gain_differs", "tax_differs", "verdict")}
+            report["paired"][intervention]["method"] = paired.get("method")
     write_json(args.output, report)
-    for key in ("items_per_s", "items_per_cpu_s", "bf16_speedup", "bf16_speedup_cpu_time", "baseline", "prompt_k4", "vat"):
+    for key in ("items_per_s", "items_per_cpu_s", "bf16_speedup", "bf16_speedup_cpu_time", "baseline", "prompt_k4"):
         if key in report:
-            print(key, report[key] if key != "vat" else {k: v for k, v in report["vat"].items() if k != "drift"})
+            print(key, report[key])
+    for intervention, pair in report.get("paired", {}).items():
+        vat = report["vat"][intervention]
+        print(f"{intervention}: fp32 gain {vat['float32']['gain']} tax {vat['float32']['tax']} vat {vat['float32']['vat']} | "
+              f"bf16 gain {vat['bfloat16']['gain']} tax {vat['bfloat16']['tax']} vat {vat['bfloat16']['vat']}")
+        print(f"  paired fp32 - bf16: gain {pair['gain_diff']} {pair['gain_diff_ci']}, tax {pair['tax_diff']} "
+              f"{pair['tax_diff_ci']}, vat {pair['vat_diff']} {pair['vat_diff_ci']}: {pair['verdict']}")
     print(f"-> {args.output}")
 
 

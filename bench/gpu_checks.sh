@@ -3,7 +3,12 @@
 # sent with carry [".whl"]); about 5 minutes on an H100:
 #   1. bench_gpu_eval.py: a random Qwen2.5-7B-shaped model in bf16, ~160-token items, our
 #      evaluator against a bare `model(input_ids, logits_to_keep=1)` loop (goal >= 0.85x);
-#   2. bench_gpu_train.py: DPO-LoRA steps/s and peak memory on a Qwen2.5-0.5B shape.
+#   2. bench_gpu_train.py: DPO-LoRA steps/s and peak memory on a Qwen2.5-0.5B shape;
+#   3. bench_vllm.py (where vLLM is installed): the transformers evaluator, vLLM offline and vLLM
+#      served on the same 440 items of a SmolLM2-135M-shaped random model in bf16: items/s and the
+#      backends' agreement. The lent H200's image has no vLLM, and vLLM's CUDA wheel is far larger
+#      than what one call may carry (64 MiB), so there it prints that it was skipped; on a GPU box
+#      with vLLM installed it runs.
 # Results and logs go to $OUT (the device tool brings them back), else outputs/bench.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +22,14 @@ timeout 300 python3 bench/bench_gpu_eval.py --tokenizer .whl/smollm2-tokenizer -
 eval_rc=${PIPESTATUS[0]}
 timeout 180 python3 bench/bench_gpu_train.py --tokenizer .whl/smollm2-tokenizer --output "$OUT/gpu_train.json" 2>&1 | tail -40 | tee "$OUT/gpu_train.log"
 train_rc=${PIPESTATUS[0]}
-echo "bench_gpu_eval rc=$eval_rc bench_gpu_train rc=$train_rc"
-[ "$eval_rc" = 0 ] && [ "$train_rc" = 0 ]
+vllm_rc=0
+if python3 -c "import vllm" 2>/dev/null; then
+    timeout 480 python3 bench/bench_vllm.py --random-model --tokenizer .whl/smollm2-tokenizer --device cuda \
+        --dtype bfloat16 --threads 8 --n-items 0 --repeats 3 --concurrency 64 --output "$OUT/vllm_side_by_side.json" \
+        2>&1 | tail -30 | tee "$OUT/vllm.log"
+    vllm_rc=${PIPESTATUS[0]}
+else
+    echo "vllm is not installed here: bench_vllm.py skipped" | tee "$OUT/vllm.log"
+fi
+echo "bench_gpu_eval rc=$eval_rc bench_gpu_train rc=$train_rc bench_vllm rc=$vllm_rc"
+[ "$eval_rc" = 0 ] && [ "$train_rc" = 0 ] && [ "$vllm_rc" = 0 ]

@@ -14,7 +14,8 @@ from vat_hf.evaluation.config import DataConfig, EvalConfig
 from vat_hf.io import read_json, read_jsonl
 from vat_hf.pipeline import ExperimentConfig
 
-SPECIAL = {"dtype": "bfloat16", "source": "items.jsonl", "split": "train", "columns": {"scenario": "situation"}}
+SPECIAL = {"dtype": "bfloat16", "source": "items.jsonl", "split": "train", "columns": {"scenario": "situation"},
+           "base_url": "http://127.0.0.1:8000/v1", "vllm_engine_args": {"tensor_parallel_size": 2}, "request_timeout": 30.0}
 
 
 def other_value(f: dataclasses.Field):
@@ -109,7 +110,7 @@ def test_both_commands_are_one_evaluation_with_one_result_schema(tiny_model_dir,
     assert ra["data"]["fingerprint"] == items_fingerprint(items) and ra["data"]["n_items"] == 3
     assert all(ra["fingerprints"][k] for k in ("model", "prompt", "scoring")) and ra["fingerprints"]["adapter"] == ""
     assert ra["config"]["eval"]["cache"] is True and rb["config"]["eval"]["cache"] is False
-    assert ra["missing"] == [] and ra["model"]["dtype"] == "torch.float32" and ra["model"]["attn_implementation"] == "sdpa"
+    assert ra["missing"] == [] and ra["model"]["dtype"] == "float32" and ra["model"]["attn_implementation"] == "sdpa"
     assert ra["timing"]["seconds"] > 0 and ra["date"] and ra["versions"]["transformers"] and ra["seed"] == 0
     samples = read_jsonl(tmp_path / "a" / "samples_judgments.jsonl")
     assert [s["id"] for s in samples] == [i["id"] for i in items] and [s["doc_id"] for s in samples] == [0, 1, 2]

@@ -150,3 +150,105 @@ def test_chat_with_a_prefilled_answer_matches_the_evaluators_prompt(server, toke
     for k, token in enumerate(option_ids, start=1):
         assert abs(top[str(k)] - float(ref[token])) < LOGPROB_TOL
     assert math.isfinite(content["logprob"])
+
+
+# -- vat-hf's served-model backend against this server ----------------------------------------------
+
+PROB_TOL = 2 * LOGPROB_TOL  # as in test_backend.py: 2e-3 nats on a log-probability, at most ~4e-3 on a probability
+
+
+def _served(server, tokenizer, **kwargs):
+    from vat_hf.evaluation.served import ServedEvaluator
+
+    return ServedEvaluator(server + "/v1", model_name=SERVED_NAME, tokenizer=tokenizer, api_key=API_KEY,
+                           progress=False, max_retries=2, **kwargs)
+
+
+def _largest_prob_diff(a, b):
+    return max(abs(p - q) for r, s in zip(a, b) for p, q in zip(r["probs"], s["probs"]))
+
+
+@pytest.fixture(scope="module")
+def served_items():
+    from vat_hf.data import load_items
+
+    return [i for i in load_items("builtin") if i["split"] == "test"][:32]
+
+
+@pytest.fixture(scope="module")
+def served_reference(hf_model, tokenizer, served_items):
+    from vat_hf.evaluation import Evaluator
+
+    return Evaluator(hf_model, tokenizer, progress=False).judge(served_items)
+
+
+def test_served_backend_equals_the_transformers_evaluator(server, tokenizer, served_items, served_reference):
+    """Completions with token-id prompts and ``logprob_token_ids``, 8 requests at a time."""
+    backend = _served(server, tokenizer, max_concurrency=8)
+    records = backend.judge(served_items)
+    assert backend.supports["token_ids"] is True and {r["score_path"] for r in records} == {"token-ids"}
+    assert [r["argmax"] for r in records] == [r["argmax"] for r in served_reference]
+    assert _largest_prob_diff(served_reference, records) < PROB_TOL
+    assert backend.server_model["max_model_len"] == 2048 and backend.max_length == 2048
+
+
+def test_served_paths_agree_where_each_applies(server, tokenizer, served_items):
+    """The same items through each path vLLM's server supports: ``token-ids``, ``top-k`` (the
+    extension switched off: SmolLM2's options are all in the top 20 here) and ``per-option``
+    (a top 1 never holds all five: each option through ``echo``)."""
+    its = served_items[:12]
+    by_ids = _served(server, tokenizer).judge(its)
+    top_k = _served(server, tokenizer)
+    top_k.supports["token_ids"] = False
+    by_top_k = top_k.judge(its)
+    per_option = _served(server, tokenizer, top_logprobs=1)
+    per_option.supports["token_ids"] = False
+    by_option = per_option.judge(its)
+    assert {r["score_path"] for r in by_top_k} == {"top-k"} and {r["score_path"] for r in by_option} == {"per-option"}
+    for other in (by_top_k, by_option):
+        print(f"token-ids vs {other[0]['score_path']}: largest probability difference "
+              f"{_largest_prob_diff(by_ids, other):.2e}")
+        assert _largest_prob_diff(by_ids, other) < PROB_TOL
+
+
+def test_served_chat_and_generate_modes(server, tokenizer, hf_model, served_items, served_reference):
+    from vat_hf.evaluation import Evaluator
+
+    chat = _served(server, tokenizer, api="chat").judge(served_items[:8])
+    assert {r["score_path"] for r in chat} == {"token-ids"}
+    assert _largest_prob_diff(served_reference[:8], chat) < PROB_TOL
+    generated = _served(server, tokenizer, mode="generate").judge(served_items[:6])
+    reference = Evaluator(hf_model, tokenizer, mode="generate", progress=False).judge(served_items[:6])
+    assert [r["rating"] for r in generated] == [r["rating"] for r in reference]
+
+
+def test_served_errors_name_the_fix(server, tokenizer, served_items):
+    from vat_hf.evaluation.served import ServedEvaluator, ServedModelError
+
+    with pytest.raises(ServedModelError, match="refused the API key") as err:
+        ServedEvaluator(server + "/v1", model_name=SERVED_NAME, tokenizer=tokenizer, api_key="wrong-key",
+                        progress=False).judge(served_items[:1])
+    assert "wrong-key" not in str(err.value)
+    with pytest.raises(ServedModelError, match=r"does not serve model 'nope'; it serves \['smollm2'\]"):
+        _served(server, tokenizer).__class__(server + "/v1", model_name="nope", tokenizer=tokenizer, api_key=API_KEY,
+                                             progress=False).judge(served_items[:1])
+
+
+def test_vat_hf_eval_against_the_server(server, tokenizer, model_dir, served_items, served_reference, tmp_path,
+                                        monkeypatch):
+    """``vat-hf eval --backend openai``: the key from the environment, the model's name from the
+    server's one model; the files carry the judgments and never the key."""
+    from vat_hf.evaluation import EvalConfig, run_evaluation
+
+    monkeypatch.setenv("VAT_HF_SERVED_KEY", API_KEY)
+    config = EvalConfig(backend="openai", base_url=server + "/v1", api_key_env="VAT_HF_SERVED_KEY", progress=False,
+                        cache_dir=str(tmp_path / "cache"))
+    results = run_evaluation(config, items=served_items, prompt=JudgePrompt(), output=tmp_path / "j.jsonl",
+                             model=str(model_dir))
+    assert results["model"]["model_name"] == SERVED_NAME and results["model"]["score_paths"] == {"token-ids": 32}
+    from vat_hf.io import read_jsonl
+
+    assert _largest_prob_diff(served_reference, read_jsonl(tmp_path / "j.jsonl")) < PROB_TOL
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert API_KEY not in path.read_text(errors="replace"), path

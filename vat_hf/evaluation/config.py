@@ -19,17 +19,31 @@ import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Union
 
-from annotated_types import Ge, MinLen
+from annotated_types import Ge, Gt, MinLen
 
 from vat_hf.errors import VatHfError
 from vat_hf.validation import Checked, FieldError, check_fields
 
 MODE_CHOICES = ("auto", "logprob", "logprob-multitoken", "generate")
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "openai")
+SERVED_APIS = ("auto", "completions", "chat")
 
 
 class EvalConfigError(VatHfError, ValueError):
     """An evaluation setting that cannot be used; names the setting."""
+
+
+def json_mapping(value, what: str, example: str) -> Optional[Mapping]:
+    """A setting that is a mapping in a recipe and a JSON object on the command line, as a
+    mapping (None for none or an empty string)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else None
+        except json.JSONDecodeError as err:
+            raise EvalConfigError(f"{what}: not a JSON object ({err})", fix=f"give a mapping such as {example}") from None
+    if value is not None and not isinstance(value, Mapping):
+        raise EvalConfigError(f"{what} must be a mapping, got {value!r}", fix=f"give a mapping such as {example}")
+    return value
 
 
 def _help(text: str, **more) -> Dict[str, Any]:
@@ -44,8 +58,9 @@ class EvalConfig:
 
     _argument_group_name = "evaluator settings (EvalConfig: also a recipe's eval: section)"  # HfArgumentParser: the --help section
 
-    backend: Literal["hf", "vllm"] = field(
-        default="hf", metadata=_help("hf (transformers) or vllm (the optional extra, on a supported GPU)."))
+    backend: Literal["hf", "vllm", "openai"] = field(
+        default="hf", metadata=_help("hf (transformers), vllm (vLLM's offline engine: the vllm extra) or openai (a "
+                                     "model served over an OpenAI-compatible API: --base_url; the openai extra)."))
     mode: Literal["auto", "logprob", "logprob-multitoken", "generate"] = field(
         default="auto", metadata=_help("Scoring mode; auto: logprob when the options are single tokens, "
                                        "else logprob-multitoken."))
@@ -82,12 +97,48 @@ class EvalConfig:
         default=None, metadata=_help("Folder for results_<name>.json and samples_<name>.jsonl (default: the "
                                      "judgments' folder)."))
     progress: bool = field(default=True, metadata=_help("Show a progress bar."))
+    # -- vLLM's offline engine (backend vllm) -----------------------------------------------------
+    # Typed str for the command line (a JSON object); a recipe gives a mapping (as DataConfig.columns).
+    vllm_engine_args: Annotated[Optional[str], Checked(Optional[Dict[str, Any]])] = field(
+        default=None, metadata=_help("More vllm.LLM arguments: a JSON object (in a recipe, a mapping), e.g. "
+                                     '{"tensor_parallel_size": 4, "gpu_memory_utilization": 0.85}.'))
+    # -- served models (backend openai) -----------------------------------------------------------
+    # The key itself is never a setting: only where to read it from, so that no config, results
+    # file, card or log can hold it.
+    base_url: Optional[str] = field(
+        default=None, metadata=_help("OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (backend openai)."))
+    model_name: Optional[str] = field(
+        default=None, metadata=_help("The model's name on the server (default: the one model it lists). --model "
+                                     "then names the tokenizer (a Hub id or folder), if there is one."))
+    api: Literal["auto", "completions", "chat"] = field(
+        default="auto", metadata=_help("Server endpoint: completions (the exact prompt as token ids; needs the "
+                                       "tokenizer), chat (messages; the server applies its chat template) or auto "
+                                       "(completions when the tokenizer is available, else chat)."))
+    api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata=_help("Environment variable holding the server's API key (read, never "
+                                                 "written anywhere)."))
+    api_key_file: Optional[str] = field(
+        default=None, metadata=_help("File holding the API key (first line), instead of --api_key_env."))
+    top_logprobs: Annotated[int, Ge(1)] = field(
+        default=20, metadata=_help("Top log-probabilities asked for at the answer's first token, where the server "
+                                   "cannot return the five options' own (OpenAI allows at most 20)."))
+    max_concurrency: Annotated[int, Ge(1)] = field(
+        default=8, metadata=_help("Requests in flight at once (the server batches them)."))
+    request_timeout: Annotated[float, Gt(0)] = field(
+        default=120.0, metadata=_help("Seconds before one request is abandoned and retried."))
+    max_retries: Annotated[int, Ge(0)] = field(
+        default=5, metadata=_help("Retries of one request on a timeout, a dropped connection, 408/409/429 or a 5xx "
+                                  "(exponential backoff, or the server's Retry-After)."))
 
     def __post_init__(self):
         if isinstance(self.prefix_reuse, bool):  # a YAML recipe may say true/false
             self.prefix_reuse = "true" if self.prefix_reuse else "false"
         if isinstance(self.prefix_reuse, str):
             self.prefix_reuse = self.prefix_reuse.lower()
+        self.vllm_engine_args = json_mapping(self.vllm_engine_args, "eval setting vllm_engine_args",
+                                             '{"tensor_parallel_size": 2}')
+        if isinstance(self.request_timeout, int) and not isinstance(self.request_timeout, bool):
+            self.request_timeout = float(self.request_timeout)  # a recipe's `30` is 30 seconds
         check_fields(self)  # every field against its type hint (choices, ranges)
         from vat_hf.models.loading import parse_dtype
 
@@ -95,6 +146,22 @@ class EvalConfig:
             parse_dtype(self.dtype)
         except ValueError as err:
             raise FieldError("dtype", self.dtype, str(err), fix="auto, float32, bfloat16 or float16") from None
+
+    def _check_backend_settings(self) -> None:
+        if self.base_url:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.base_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise EvalConfigError(f"eval setting base_url={self.base_url!r} is not an http(s) address",
+                                      fix="e.g. http://127.0.0.1:8000/v1")
+            # A key inside the address would be written with the config into every results file.
+            if parts.username or parts.password or parts.query:
+                raise EvalConfigError("eval setting base_url carries credentials or a query string; it is written "
+                                      "into results files, so it may hold neither",
+                                      fix=f"put the key in ${self.api_key_env} or --api_key_file and give the "
+                                          f"address alone ({parts.scheme}://{parts.hostname}"
+                                          f"{':' + str(parts.port) if parts.port else ''}{parts.path})")
 
     @property
     def prefix_reuse_flag(self) -> Union[str, bool]:
@@ -125,12 +192,7 @@ class DataConfig:
                                      "(in a recipe, a mapping) of schema field -> column."))
 
     def __post_init__(self):
-        if isinstance(self.columns, str):
-            try:
-                self.columns = json.loads(self.columns) if self.columns.strip() else None
-            except json.JSONDecodeError as err:
-                raise EvalConfigError(f"data columns: not a JSON object ({err})",
-                                      fix='give a mapping such as {"scenario": "situation"}') from None
+        self.columns = json_mapping(self.columns, "data columns", '{"scenario": "situation"}')
         if isinstance(self.columns, Mapping):
             self.columns = dict(self.columns)
         check_fields(self)  # every field against its type hint (columns: a mapping by now)

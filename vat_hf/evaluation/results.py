@@ -28,7 +28,7 @@ EVALUATION_SCHEMA = "vat-hf/evaluation"
 INTERVENTION_SCHEMA = "vat-hf/intervention"
 
 SAMPLE_OUTPUT_KEYS = ("n_tokens", "mode", "rating", "probs", "option_logprobs", "option_mass", "argmax",
-                      "missing_reason", "generated", "truncated_tokens")
+                      "missing_reason", "generated", "truncated_tokens", "score_path")
 
 
 def prompt_text_hash(text: str) -> str:
@@ -43,8 +43,8 @@ def sample_records(items: Sequence[Mapping], records: Sequence[Mapping], tokeniz
 
     lines = []
     for doc_id, (item, record) in enumerate(zip(items, records)):
-        try:
-            text: Optional[str] = judge_text(tokenizer, prompt, item)
+        try:  # no tokenizer (a served model judged through chat): the server renders the prompt
+            text: Optional[str] = judge_text(tokenizer, prompt, item) if tokenizer is not None else None
         except Exception:  # an item that cannot even be rendered (its record says why)
             text = None
         lines.append({

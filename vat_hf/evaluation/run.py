@@ -152,8 +152,10 @@ class HFModelSource:
         return contextlib.nullcontext(loaded.model)
 
     def info(self) -> Dict[str, Any]:
+        from vat_hf.models.loading import dtype_record
+
         return {"name_or_path": self.name_or_path, "resolved_path": self.resolved_path, "adapter": self.adapter,
-                "backend": "hf", "dtype": str(self.dtype), "device": str(self.device),
+                "backend": "hf", **dtype_record(self.device, self.dtype), "device": str(self.device),
                 "attn_implementation": self.attn_implementation}
 
 
@@ -231,6 +233,109 @@ def _judge_hf(source: HFModelSource, config: EvalConfig, items: Sequence[Mapping
         return records, evaluator.stats, fingerprints, evaluator.mode, evaluator.template
 
 
+class BackendError(VatHfError, ValueError):
+    """A backend asked for what it cannot do (several processes, an adapter on a served model)."""
+
+
+def _cache_for(cache_root: Optional[Path], fingerprints: Mapping[str, str], meta: Mapping[str, Any]):
+    from vat_hf.evaluation.cache import JudgmentCache
+
+    return None if cache_root is None else JudgmentCache(cache_root, *fingerprints.values(), meta=meta)
+
+
+def _judge_vllm(model, adapter, config: EvalConfig, items, prompt, cache_root, progress):
+    """The vLLM backend's records, statistics, fingerprints, mode, template, tokenizer and model
+    block; the engine starts only when an item is not in the judgment cache."""
+    from vat_hf.evaluation.cache import adapter_files_fingerprint, model_files_fingerprint, sha256_json
+    from vat_hf.evaluation.task import default_max_length, resolve_mode, scoring_config
+    from vat_hf.evaluation.vllm_backend import VLLMEvaluator
+    from vat_hf.models.loading import (
+        DEFAULT_MODEL,
+        default_device,
+        default_dtype,
+        dtype_name,
+        dtype_record,
+        load_tokenizer,
+        parse_dtype,
+        resolve_model_path,
+    )
+
+    path = resolve_model_path(model)
+    tokenizer = load_tokenizer(path)
+    # "auto" is resolved here by the transformers path's rule, so both backends run the same dtype
+    # and the cache key and results file name it before any engine starts.
+    device = default_device()
+    dtype = dtype_name(parse_dtype(config.dtype) or default_dtype(device))
+    mode, _ = resolve_mode(tokenizer, config.mode)
+    if config.max_length is not None:
+        max_length = config.max_length
+    else:
+        from transformers import AutoConfig
+
+        max_length = default_max_length(AutoConfig.from_pretrained(path), tokenizer)
+    scoring = {**scoring_config(tokenizer, mode, max_length, config.truncation, config.max_new_tokens),
+               "backend": "vllm"}
+    evaluator = VLLMEvaluator(path, prompt=prompt, adapter=adapter, dtype=dtype, mode=config.mode,
+                              max_length=max_length, truncation=config.truncation,
+                              max_new_tokens=config.max_new_tokens, progress=progress, tokenizer=tokenizer,
+                              engine_args=config.vllm_engine_args)
+    model_fp, adapter_fp = model_files_fingerprint(path, dtype), adapter_files_fingerprint(adapter)
+    if model_fp is None or adapter_fp is None:  # a Hub id not downloaded yet: vLLM fetches it, then fingerprint
+        evaluator.llm
+        from vat_hf.evaluation.cache import local_folder
+
+        model_fp = model_files_fingerprint(str(local_folder(path) or path), dtype)
+        adapter_fp = adapter_files_fingerprint(adapter) or sha256_json({"adapter": adapter})[:32]
+    fingerprints = {"model": model_fp, "adapter": adapter_fp, "prompt": prompt.fingerprint(),
+                    "scoring": sha256_json(scoring)[:32]}
+    evaluator.cache = _cache_for(cache_root, fingerprints, {"model": str(model or DEFAULT_MODEL), "adapter": adapter,
+                                                            "prompt": prompt.to_dict(), "scoring": scoring})
+    records = evaluator.judge(items)
+    import vllm
+
+    info = {"name_or_path": str(model or DEFAULT_MODEL), "resolved_path": path, "adapter": adapter,
+            "backend": "vllm", **dtype_record(device, parse_dtype(dtype)), "vllm": vllm.__version__,
+            "engine_args": evaluator.engine_args_record(), "score_paths": dict(sorted(evaluator.path_counts.items()))}
+    return records, evaluator.stats, fingerprints, evaluator.mode, evaluator.template, tokenizer, info
+
+
+def _judge_served(model, adapter, config: EvalConfig, items, prompt, cache_root, progress):
+    """The served-model backend's records, statistics, fingerprints, mode, template, tokenizer and
+    model block. ``model`` names the tokenizer (optional for the chat endpoint)."""
+    from vat_hf.evaluation.cache import sha256_json
+    from vat_hf.evaluation.served import ServedEvaluator, read_api_key
+
+    if not config.base_url:
+        raise BackendError("eval setting backend='openai' needs base_url",
+                           fix="give the server's address, e.g. --base_url http://127.0.0.1:8000/v1")
+    if adapter:
+        raise BackendError("backend 'openai' judges the model the server serves; it cannot load an adapter",
+                           fix="serve the adapter (vllm serve --enable-lora --lora-modules NAME=PATH) and give "
+                               "--model_name NAME")
+    tokenizer = None
+    if model is not None:
+        from vat_hf.models.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(model)
+    source = f"--api_key_file {config.api_key_file}" if config.api_key_file else f"${config.api_key_env}"
+    evaluator = ServedEvaluator(
+        config.base_url, model_name=config.model_name, prompt=prompt, tokenizer=tokenizer, api=config.api,
+        mode=config.mode, max_length=config.max_length, truncation=config.truncation,
+        max_new_tokens=config.max_new_tokens, top_logprobs=config.top_logprobs, max_concurrency=config.max_concurrency,
+        request_timeout=config.request_timeout, max_retries=config.max_retries,
+        api_key=read_api_key(config.api_key_env, config.api_key_file), progress=progress, api_key_source=source)
+    if evaluator.model_name is None:  # the one model the server lists: it names the cache's namespace
+        evaluator.connect()
+    scoring = evaluator.scoring_config()
+    fingerprints = {"model": evaluator.fingerprint(), "adapter": "", "prompt": prompt.fingerprint(),
+                    "scoring": sha256_json(scoring)[:32]}
+    evaluator.cache = _cache_for(cache_root, fingerprints, {"model": evaluator.model_name, "base_url": evaluator.base_url,
+                                                            "prompt": prompt.to_dict(), "scoring": scoring})
+    records = evaluator.judge(items)
+    info = {"name_or_path": evaluator.model_name, "tokenizer": model, "adapter": None, **evaluator.info()}
+    return records, evaluator.stats, fingerprints, evaluator.mode, evaluator.template, tokenizer, info
+
+
 def run_evaluation(config: EvalConfig, *, items: Sequence[Mapping], prompt, output, model: Optional[str] = None,
                    adapter: Optional[str] = None, name: Optional[str] = None, seed: int = 0,
                    data_config: Optional[Mapping[str, Any]] = None, run_config: Optional[Mapping[str, Any]] = None,
@@ -276,20 +381,19 @@ def run_evaluation(config: EvalConfig, *, items: Sequence[Mapping], prompt, outp
     shard = shard_indices(items, rank, world) if world > 1 else list(range(len(items)))
     local_items = [items[i] for i in shard]
 
+    if config.backend != "hf" and world > 1:
+        raise BackendError(f"backend {config.backend!r} runs in one process (got {world})",
+                           fix="vLLM spreads a model over GPUs itself (vllm_engine_args tensor_parallel_size); a "
+                               "server takes max_concurrency requests at once; launch without accelerate")
+    if config.backend != "hf" and model_variant:
+        raise EvalConfigError(f"{name}: a model changed by the loader ({model_variant.get('kind')}) is judged by "
+                              "the transformers backend only", fix="set eval.backend: hf for this intervention")
     if config.backend == "vllm":
-        from vat_hf.evaluation.vllm_backend import VLLMEvaluator
-
-        if model_variant:
-            raise EvalConfigError(f"{name}: a model changed by the loader ({model_variant.get('kind')}) is judged by "
-                                  "the transformers backend only", fix="set eval.backend: hf for this intervention")
-
-        evaluator = VLLMEvaluator(model, prompt=prompt, adapter=adapter, dtype=config.dtype, mode=config.mode,
-                                  max_length=config.max_length, truncation=config.truncation,
-                                  max_new_tokens=config.max_new_tokens, progress=progress)
-        local = evaluator.judge(local_items)
-        tokenizer, stats, mode, template = evaluator.tokenizer, evaluator.stats, evaluator.mode, evaluator.template
-        model_info = {"name_or_path": model, "adapter": adapter, "backend": "vllm", "dtype": config.dtype}
-        fingerprints = {"model": None, "adapter": None, "prompt": prompt.fingerprint(), "scoring": None}
+        local, stats, fingerprints, mode, template, tokenizer, model_info = _judge_vllm(
+            model, adapter, config, local_items, prompt, cache_root, progress)
+    elif config.backend == "openai":
+        local, stats, fingerprints, mode, template, tokenizer, model_info = _judge_served(
+            model, adapter, config, local_items, prompt, cache_root, progress)
     else:
         source = HFModelSource(model, adapter, config, device, loader)
         local, stats, fingerprints, mode, template = _judge_hf(source, config, local_items, prompt, cache_root, rank, progress,

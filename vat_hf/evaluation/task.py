@@ -12,6 +12,10 @@ same outputs and records:
   the recorded, explained outcome of an item that is not judged (:func:`missing_outputs`,
   :func:`bad_item_reason`, :func:`too_long_outputs`);
 * the record of one judgment (:func:`make_record`) and the summary of many (:func:`summarize`);
+* for the backends that send token ids to an engine or a server (vLLM, served models): the
+  token requests of items under the transformers evaluator's length rules
+  (:func:`token_requests`), and judging with the judgment cache chunk by chunk
+  (:func:`judge_cached`), so that a killed run resumes;
 * what besides model, adapter and prompt decides a judgment's outputs (:func:`scoring_config`,
   part of the judgment cache's key).
 """
@@ -22,7 +26,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from vat_hf.errors import VatHfError
 from vat_hf.prompts import OPTIONS, SCALE_MAX, SCALE_MIN
@@ -38,7 +42,7 @@ TRUNCATION_RULES = ("refuse", "left")
 ITEM_KEYS = ("id", "scene_id", "country", "domain", "value", "micro_value", "polarity", "split")
 """The item metadata every record carries (the metric pairs and groups records by these)."""
 OUTPUT_KEYS = ("rating", "probs", "option_mass", "option_logprobs", "argmax", "n_tokens", "mode", "missing_reason",
-               "truncated_tokens", "generated")
+               "truncated_tokens", "generated", "score_path")
 """What a backend's outputs for one item may hold."""
 
 
@@ -242,7 +246,7 @@ def make_record(item: Mapping, outputs: Mapping, prompt_hash: str) -> Dict:
         "n_tokens": outputs.get("n_tokens"),
         "mode": outputs["mode"],
     })
-    for key in ("option_logprobs", "missing_reason", "truncated_tokens", "generated"):
+    for key in ("option_logprobs", "missing_reason", "truncated_tokens", "generated", "score_path"):
         if outputs.get(key) is not None:
             record[key] = outputs[key]
     return record
@@ -295,3 +299,136 @@ class JudgeStats:
 
     def to_dict(self) -> Dict[str, Any]:
         return dict(self.__dict__)
+
+
+# -- token requests and cached judging (the vLLM and served backends) ----------------------------
+
+SCORE_PATHS = ("token-ids", "top-k", "per-option", "generate")
+"""How a backend other than transformers produced an item's outputs (``score_path`` in its
+record): ``token-ids``, the options' own log-probabilities at the answer's first position
+(vLLM's ``logprob_token_ids``; for multi-token options, one such request per continuation
+prefix); ``top-k``, read from the first position's top-k log-probabilities, all five options
+among them; ``per-option``, the log-probability of each option as a continuation of the
+prompt (vLLM's prompt log-probabilities, a server's ``echo``); ``generate``, a greedy answer
+parsed. The first three are the same full-vocabulary numbers computed different ways."""
+
+
+@dataclass
+class TokenRequest:
+    """What one item sends: its prompt's token ids (after truncation) and, for
+    ``logprob-multitoken``, each option's continuation tokens after them."""
+
+    index: int
+    ids: List[int]
+    conts: Optional[List[List[int]]] = None
+    truncated: int = 0
+
+
+def token_requests(tokenizer, prompt, items: Sequence[Mapping], indices: Sequence[int], mode: str,
+                   max_length: Optional[int], truncation: str, max_new_tokens: int
+                   ) -> Tuple[List[TokenRequest], Dict[int, Dict]]:
+    """Token requests for ``indices`` of ``items`` and the missing outputs of those refused, by
+    the transformers evaluator's rules: the chat-templated prompt encoded without special tokens
+    (the template carries them); in ``logprob-multitoken`` the prompt followed by each option is
+    encoded whole and split where the five stop sharing tokens; a prompt longer than
+    ``max_length`` less its answer (``max_new_tokens`` in generate mode, the longest option's
+    continuation in multitoken mode) is refused or keeps its last tokens."""
+    from vat_hf.evaluation.prefix import common_prefix_length
+    from vat_hf.prompts import judge_text
+
+    texts = [judge_text(tokenizer, prompt, items[i]) for i in indices]
+    requests: List[TokenRequest] = []
+    missing: Dict[int, Dict] = {}
+    for index, text in zip(indices, texts):
+        conts = None
+        if mode == MODE_MULTITOKEN:
+            full = [tokenizer.encode(text + option, add_special_tokens=False) for option in OPTIONS]
+            n = min(common_prefix_length(full), min(len(f) for f in full) - 1)
+            ids, conts = full[0][:n], [f[n:] for f in full]
+        else:
+            ids = tokenizer.encode(text, add_special_tokens=False)
+        truncated = 0
+        if max_length is not None:
+            reserve = max_new_tokens if mode == MODE_GENERATE else (max(map(len, conts)) if conts else 0)
+            limit = max(1, max_length - reserve)
+            if len(ids) > limit:
+                if truncation == "refuse":
+                    missing[index] = too_long_outputs(items[index], len(ids), max_length, mode,
+                                                      reserved=max_length - limit)
+                    continue
+                truncated = len(ids) - limit
+                ids = ids[-limit:]
+        requests.append(TokenRequest(index=index, ids=list(ids), conts=conts, truncated=truncated))
+    return requests, missing
+
+
+def request_outputs(request: TokenRequest, outputs: Dict, score_path: str) -> Dict:
+    """``outputs`` of ``request`` with its prompt length, truncation and score path."""
+    outputs["n_tokens"] = len(request.ids)
+    if request.truncated:
+        outputs["truncated_tokens"] = request.truncated
+    outputs["score_path"] = score_path
+    return outputs
+
+
+Judged = Iterable[Tuple[List[Tuple[int, Dict]], bool]]
+"""What a backend's judging yields, group by group: ``([(item index, outputs), ...], computed)``;
+``computed`` groups hold model outputs (cached), the others refusals of bad input (not cached)."""
+
+
+def judge_cached(items: Sequence[Mapping], judge_some: Callable[[List[int]], Judged], *, prompt, mode: str,
+                 cache=None, stats: Optional[JudgeStats] = None, progress: bool = True,
+                 desc: str = "judging") -> List[Dict]:
+    """Records of ``items`` in their order: cached judgments are read, items with an empty
+    scenario or action are refused, and ``judge_some(indices)`` judges the rest; every group it
+    yields is appended to ``cache`` (a :class:`~vat_hf.evaluation.cache.JudgmentCache`, or None)
+    before the next is asked for, so a run that fails or is killed midway keeps all it finished
+    and a rerun judges only the rest."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    from vat_hf.evaluation.cache import item_hash
+
+    started = time.perf_counter()
+    check_item_ids(items)
+    outputs: List[Optional[Dict]] = [None] * len(items)
+    hashes = [item_hash(item) for item in items] if cache is not None else []
+    if cache is not None:
+        found = cache.lookup(hashes)
+        for i, h in enumerate(hashes):
+            if h in found:
+                outputs[i] = found[h]
+    n_cached = sum(out is not None for out in outputs)
+    todo = []
+    for i, item in enumerate(items):
+        if outputs[i] is None:
+            reason = bad_item_reason(item)
+            if reason:
+                outputs[i] = missing_outputs(reason, mode)
+            else:
+                todo.append(i)
+    n_computed = 0
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{desc} ({prompt.name})", unit="item",
+               disable=not progress)
+    try:
+        if todo:
+            for pairs, computed in judge_some(todo):
+                if cache is not None and computed:
+                    cache.append((hashes[i], out) for i, out in pairs)
+                for i, out in pairs:
+                    outputs[i] = out
+                n_computed += len(pairs)
+                bar.update(len(pairs))
+    finally:
+        bar.close()
+        if stats is not None:
+            stats.n_items += len(items)
+            stats.n_cached += n_cached
+            stats.n_computed += n_computed
+            stats.seconds += time.perf_counter() - started
+    prompt_hash = prompt.fingerprint()
+    records = [make_record(item, out, prompt_hash) for item, out in zip(items, outputs)]
+    if stats is not None:
+        stats.n_missing += sum(1 for r in records if r["rating"] is None)
+    return records
