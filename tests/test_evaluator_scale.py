@@ -95,11 +95,17 @@ def test_items_not_starting_with_the_prefix_are_encoded_in_full(sharp_model):
 def test_prefix_check_falls_back_when_reuse_would_change_results(sharp_model, monkeypatch):
     prompt = few_shot_prompt(2)
     ev = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=prompt, progress=False)
-    original = judge_module.left_pad
-    # Simulate a model for which cache reuse is wrong: positions after the prefix restart at 0.
-    monkeypatch.setattr(judge_module, "left_pad", lambda s, p, d, position_offset=0: original(s, p, d, 0))
+    original = judge_module.prefix_batch
+
+    def restarting(*args, **kwargs):
+        cache, mask, offsets = original(*args, **kwargs)
+        return cache, mask, offsets * 0
+
+    # Simulate a model for which cache reuse is wrong: positions after the prefix restart at 0
+    # (in both batch layouts: the shared-prefix attention's, then the stitched one's).
+    monkeypatch.setattr(judge_module, "prefix_batch", restarting)
     out = ev.judge(items(4))
-    monkeypatch.setattr(judge_module, "left_pad", original)
+    monkeypatch.setattr(judge_module, "prefix_batch", original)
     assert ev.prefix_reuse is False and ev.stats.n_prefix == 0
     assert max_diff(out, one_by_one(sharp_model, prompt, items(4))) < TOL
 

@@ -213,7 +213,7 @@ def test_embedded_model_scene_prefixes_equal_full_encoding():
     assert len({i["scenario"] for i in items}) < len(items) / 2
     ev = Evaluator(loaded.model, loaded.tokenizer, progress=False)
     got = ev.judge(items)
-    assert ev.stats.n_scene_prefix >= len(items) // 2
+    assert ev.stats.n_scene_prefix >= len(items) // 2 and ev.prefix_attention == "shared"
     want = Evaluator(loaded.model, loaded.tokenizer, prefix_reuse=False, progress=False).judge(items)
     assert [a["argmax"] for a in got] == [b["argmax"] for b in want]
     assert max_diff(got, want) < TOL

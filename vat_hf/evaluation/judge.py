@@ -24,7 +24,9 @@ rows), which keeps padding small; only the last position's logits are computed
 (``logits_to_keep=1``); padding is on the left with explicit position ids, so a batched item's
 distribution equals its unbatched one. The prompt's item-independent token prefix (system prompt,
 few-shot demonstrations, the start of the last user turn) is run once and its key/value cache is
-reused by every batch (:mod:`vat_hf.evaluation.prefix`).
+reused by every batch, and so is each scene's prefix below it (:mod:`vat_hf.evaluation.prefix`);
+on a CPU, single-token batches read the shared prefix once per layer for all rows, with the rows
+packed into one sequence (no padding in the linear layers).
 
 Bad input never stops a run: an item with an empty scenario or action, or a prompt longer than
 ``max_length`` (with ``truncation="refuse"``, the default), gets a record with ``rating=None`` and
@@ -47,8 +49,12 @@ from tqdm.auto import tqdm
 
 from vat_hf.evaluation.prefix import (
     DUMMY_ITEMS,
+    SHARED_PREFIX_ATTENTION,
     PrefixCache,
+    SharedPrefixAttentionError,
+    SharedPrefixBatch,
     adopt_prefixes,
+    attention_implementation,
     cache_kwarg,
     common_prefix_length,
     keep_own,
@@ -56,6 +62,7 @@ from vat_hf.evaluation.prefix import (
     output_cache,
     prefix_batch,
     scene_dummies,
+    shared_attention_supported,
     supports_scene_prefixes,
     unwrap_model,
 )
@@ -120,6 +127,15 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device, position_o
     if device.type == "cuda":
         return {k: v.pin_memory().to(device, non_blocking=True) for k, v in out.items()}
     return {k: v.to(device) for k, v in out.items()}
+
+
+def pack_rows(sequences: Sequence[Sequence[int]], offsets: Sequence[int], device) -> Dict[str, torch.Tensor]:
+    """``input_ids`` and ``position_ids`` of shape (1, T): the sequences one after the other, each
+    one's positions starting at its ``offsets`` entry (the length of the prefix it continues)."""
+    input_ids = torch.tensor([[t for seq in sequences for t in seq]], dtype=torch.long)
+    position_ids = torch.cat([torch.arange(len(seq), dtype=torch.long) + int(offset)
+                              for seq, offset in zip(sequences, offsets)])[None]
+    return {"input_ids": input_ids.to(device), "position_ids": position_ids.to(device)}
 
 
 @dataclass
@@ -204,6 +220,10 @@ class Evaluator:
         self._keep_kw = logits_to_keep_kwarg(model)
         self._prefix: Optional[PrefixCache] = None
         self._prefix_checked = prefix_reuse is True
+        # Whether prefix batches read the shared prefix once per layer for all rows (None: not
+        # decided yet; see shared_prefix_attention). Single-token scoring only: the other modes
+        # continue from the batch cache, which the stitched layout serves.
+        self._shared_attention: Optional[bool] = None if self.mode == MODE_LOGPROB else False
         self.stats = JudgeStats()
 
     # -- setup --------------------------------------------------------------------------------
@@ -307,9 +327,8 @@ class Evaluator:
             pseudo = [_Request(index=-1, ids=n.ids, use_prefix=True) for n in chunk]
             with torch.inference_mode():
                 _, (cache, _, _) = self._forward(pseudo, use_prefix=True, want_cache=True)
-            width = max(n.own_length for n in chunk)
             for row, node in enumerate(chunk):
-                keep_own(node, cache, row, width)
+                keep_own(node, cache, row)
             self.stats.scene_prefixes += len(chunk)
             self.stats.scene_tokens += sum(n.own_length for n in chunk)
 
@@ -353,20 +372,43 @@ class Evaluator:
         return requests, missing
 
     # -- model passes -------------------------------------------------------------------------
+    @property
+    def prefix_attention(self) -> Optional[str]:
+        """How prefix batches read the shared prefix: ``"shared"`` (once per layer for all rows,
+        :func:`~vat_hf.evaluation.prefix.shared_prefix_attention`), ``"stitched"`` (its keys/values
+        copied into every row), or None while no prefix batch has run."""
+        if self._prefix is None or self._prefix._cache is None or self._shared_attention is None:
+            return None
+        return "shared" if self._shared_attention else "stitched"
+
+    def _use_shared_attention(self) -> bool:
+        if self._shared_attention is None:
+            self._shared_attention = shared_attention_supported(self.model, self._prefix.cache(self.model, self.device))
+        return self._shared_attention
+
     def _forward(self, requests: Sequence[_Request], use_prefix: bool, want_cache: bool = False):
         """One forward pass over the batch; returns last-position logits (rows, vocab) and, with
         ``want_cache``, the cache, the full attention mask and each row's last position. With
         ``use_prefix`` each row continues from its scene prefix (``request.scene``) or the root."""
         kwargs = {"use_cache": bool(want_cache or use_prefix)}
+        packed = None
         if use_prefix:
             nodes = [r.scene or self._prefix for r in requests]
-            cache, prefix_mask, offsets = prefix_batch(self._prefix, nodes, self.model, self.device, keep=want_cache)
+            shared = self._use_shared_attention()
+            cache, prefix_mask, offsets = prefix_batch(self._prefix, nodes, self.model, self.device, keep=want_cache,
+                                                       shared=shared)
             seqs = [r.ids[len(node):] for r, node in zip(requests, nodes)]
-            offset = offsets if prefix_mask.shape[1] > len(self._prefix) else len(self._prefix)
-            batch = left_pad(seqs, self.pad_id, self.device, position_offset=offset)
-            mask = torch.cat([prefix_mask.to(batch["attention_mask"].device), batch["attention_mask"]], dim=1)
             kwargs[self._cache_kw] = cache
-            kwargs["attention_mask"] = mask
+            if shared:
+                packed = SharedPrefixBatch(cache, [len(s) for s in seqs], prefix_mask, len(self._prefix),
+                                           cache.layers[0].prefix_keys.dtype)
+                batch = pack_rows(seqs, offsets.view(-1).tolist(), self.device)
+                kwargs.update(attention_mask=packed.mask, shared_prefix=packed)
+                mask = torch.cat([prefix_mask, packed.real.long()], dim=1)
+            else:
+                batch = left_pad(seqs, self.pad_id, self.device, position_offset=offsets)
+                mask = torch.cat([prefix_mask.to(batch["attention_mask"].device), batch["attention_mask"]], dim=1)
+                kwargs["attention_mask"] = mask
         else:
             seqs = [r.ids for r in requests]
             batch = left_pad(seqs, self.pad_id, self.device)
@@ -375,34 +417,55 @@ class Evaluator:
                 kwargs["attention_mask"] = mask
             # (No padding and no prefix: no mask at all, so attention can take its causal fast path.)
         kwargs.update(input_ids=batch["input_ids"], position_ids=batch["position_ids"])
-        if self._keep_kw:
-            kwargs[self._keep_kw] = 1
-        out = self.model(**kwargs)
-        logits = out.logits[:, -1, :]
+        if packed is None:
+            if self._keep_kw:
+                kwargs[self._keep_kw] = 1
+            out = self.model(**kwargs)
+            logits = out.logits[:, -1, :]
+            last_pos = batch["position_ids"][:, -1]
+        else:
+            # Packed rows: the logits of each row's last token.
+            if self._keep_kw == "logits_to_keep":
+                kwargs["logits_to_keep"] = packed.last
+            with attention_implementation(self.model, SHARED_PREFIX_ATTENTION):
+                out = self.model(**kwargs)
+            logits = out.logits[0] if self._keep_kw == "logits_to_keep" else out.logits[0, packed.last]
+            last_pos = batch["position_ids"][0, packed.last]
         self.stats.batches += 1
         self.stats.tokens_read += sum(len(s) for s in seqs)
         if not want_cache:
             return logits, None
-        last_pos = batch["position_ids"][:, -1]
         return logits, (output_cache(out), mask, last_pos)
 
     def _check_prefix(self, request: _Request, full: Optional[torch.Tensor] = None) -> bool:
         """One-time check (per level) that continuing from the request's prefix (its scene's, or the
-        root) reproduces a full encoding of the same tokens (``full``: its logits, if computed)."""
+        root) reproduces a full encoding of the same tokens (``full``: its logits, if computed).
+        If continuing from the root with the shared-prefix attention does not, the stitched batch
+        layout is checked instead (and used from then on when it passes); at the scene level the
+        attention is already checked, so a difference there turns scene prefixes off."""
+        level = "scene" if request.scene is not None else "shared"
         with torch.inference_mode():
-            reused, _ = self._forward([request], use_prefix=True)
             if full is None:
                 full, _ = self._forward([request], use_prefix=False)
-        a, b = torch.softmax(reused.float(), -1), torch.softmax(full.float(), -1)
-        tol = 1e-3 if reused.dtype == torch.float32 else 5e-2
-        diff = float((a - b).abs().max())
-        if diff > tol:
-            level = "scene" if request.scene is not None else "shared"
-            logger.warning("%s prefix key/value reuse changed next-token probabilities by %.3g for this model; "
-                           "%s", level, diff, "encoding below the shared prefix instead" if request.scene is not None
-                           else "encoding every prompt in full instead")
-            return False
-        return True
+            try:
+                reused, _ = self._forward([request], use_prefix=True)
+            except SharedPrefixAttentionError as error:
+                reused, reason = None, str(error)
+        tol = 1e-3 if full.dtype == torch.float32 else 5e-2
+        if reused is not None:
+            diff = float((torch.softmax(reused.float(), -1) - torch.softmax(full.float(), -1)).abs().max())
+            if diff <= tol:
+                return True
+            reason = f"changed next-token probabilities by {diff:.3g}"
+        if self._shared_attention and request.scene is None:
+            logger.warning("shared-prefix attention %s for this model; copying the prefix's keys/values into "
+                           "every row instead", reason)
+            self._shared_attention = False
+            return self._check_prefix(request, full)
+        logger.warning("%s prefix key/value reuse %s for this model; %s", level, reason,
+                       "encoding below the shared prefix instead" if request.scene is not None
+                       else "encoding every prompt in full instead")
+        return False
 
     def _multitoken_outputs(self, requests: Sequence[_Request], use_prefix: bool) -> List[Dict]:
         k = len(OPTIONS)

@@ -26,10 +26,22 @@ root cache, and only its own tokens' keys/values are kept (:class:`PrefixCache` 
 its own tokens]``, the pads masked and positions continuing from the row's real prefix length,
 so every row still sees exactly what its full encoding would. Each level is checked once against
 full encoding before it is used.
+
+Two batch layouts serve those rows. **Stitched** (any device, every scoring mode): each layer's
+keys are ``[root | scene part | new]`` per row, the root a batch view concatenated into every row.
+**Shared** (CPU, single-token scoring): the rows' own tokens are packed into one sequence (the
+linear layers see no padding, :class:`SharedPrefixBatch`), and an attention function registered in
+transformers' ``AttentionInterface`` (:func:`shared_prefix_attention`) attends every row's queries
+to the one batch-1 copy of the root at once and to its own keys under its own mask, merging the
+two parts by their log-sum-exp: the same softmax, without a copy of the root per row. With an
+8-shot prompt (1,056 shared tokens) the copies and the attention to them were half of a batch's
+time. A model whose attention the shared layout does not reproduce fails the root level's
+one-time check and gets the stitched layout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -265,24 +277,43 @@ def adopt_prefixes(root: PrefixCache, scene: Optional[PrefixCache], cache) -> No
                      for layer in cache.layers]
 
 
-def keep_own(node: PrefixCache, cache, row: int, width: int) -> None:
+def keep_own(node: PrefixCache, cache, row: int) -> None:
     """Store ``node``'s own keys/values from row ``row`` of a scene pass's output ``cache``, whose
-    layers read ``[root | left pads | the row's tokens]`` with ``width`` tokens after the root."""
-    root_len = len(node.parent)
+    layers end with the row's left-padded tokens (``[root | pads | tokens]`` stitched, or ``[pads |
+    tokens]`` below a shared root, :class:`SharedPrefixLayer`)."""
     n = node.own_length
-    lo, hi = root_len + width - n, root_len + width
-    node.own = [(layer.keys[row:row + 1, :, lo:hi].clone(), layer.values[row:row + 1, :, lo:hi].clone())
+    node.own = [(layer.keys[row:row + 1, :, -n:].clone(), layer.values[row:row + 1, :, -n:].clone())
                 for layer in cache.layers]
 
 
-def prefix_batch(root: PrefixCache, nodes: Sequence[PrefixCache], model, device, keep: bool = True):
+def _scene_parts(root_cache, nodes: Sequence[PrefixCache], lengths: Sequence[int], width: int):
+    """Per layer, each row's scene part, ``(rows, kv_heads, width, head_dim)`` keys and values,
+    left-padded with zeros (the mask keeps the pads out of every attention row)."""
+    rows = len(nodes)
+    parts = []
+    for index, layer in enumerate(root_cache.layers):
+        pair = []
+        for tensor_index, full in enumerate((layer.keys, layer.values)):
+            part = full.new_zeros((rows, full.shape[1], width, full.shape[3]))
+            for row, node in enumerate(nodes):
+                if lengths[row]:
+                    part[row, :, width - lengths[row]:] = node.own[index][tensor_index][0]
+            pair.append(part)
+        parts.append(pair)
+    return parts
+
+
+def prefix_batch(root: PrefixCache, nodes: Sequence[PrefixCache], model, device, keep: bool = True,
+                 shared: bool = False):
     """The cache, prefix attention mask and position offsets for a batch whose row ``i`` continues
     from ``nodes[i]`` (the root itself, or a scene prefix below it).
 
     Returns ``(cache, mask, offsets)``: ``mask`` is ``(rows, len(root) + width)`` (``width``: the
     longest scene part in the batch; shorter ones are left-padded and masked), ``offsets`` the
-    ``(rows, 1)`` position of each row's first own token (its real prefix length). With only the
-    root in the batch this is :meth:`PrefixCache.batch_cache` with an all-ones mask.
+    ``(rows, 1)`` position of each row's first own token (its real prefix length). ``shared``: the
+    cache's layers are :class:`SharedPrefixLayer` (the root read once for all rows by
+    :func:`shared_prefix_attention`), else the root is stitched into every row's keys. With only
+    the root in a stitched batch this is :meth:`PrefixCache.batch_cache` with an all-ones mask.
     """
     root_cache = root.cache(model, device)
     rows = len(nodes)
@@ -291,26 +322,246 @@ def prefix_batch(root: PrefixCache, nodes: Sequence[PrefixCache], model, device,
     width = max(lengths)
     mask = torch.ones((rows, root_len + width), dtype=torch.long, device=device)
     offsets = torch.tensor([[root_len + n] for n in lengths], dtype=torch.long)
-    if width == 0:
-        return expand_cache(root_cache, rows, keep=keep), mask, offsets
     for row, n in enumerate(lengths):
         mask[row, root_len:root_len + width - n] = 0
+    if shared:
+        return shared_prefix_cache(root_cache, nodes, lengths, width, keep), mask, offsets
+    if width == 0:
+        return expand_cache(root_cache, rows, keep=keep), mask, offsets
     new = copy.copy(root_cache)
     new.layers = []
-    for index, layer in enumerate(root_cache.layers):
+    for layer, (scene_keys, scene_values) in zip(root_cache.layers, _scene_parts(root_cache, nodes, lengths, width)):
         clone = copy.copy(layer)
         clone.__class__ = StitchedPrefixLayer
         clone.keep = keep
         clone.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
         clone.values = layer.values.expand(rows, *layer.values.shape[1:])
-        scene = []
-        for tensor_index, full in enumerate((layer.keys, layer.values)):
-            # Pads are zeros; the mask keeps them out of every attention row.
-            part = full.new_zeros((rows, full.shape[1], width, full.shape[3]))
-            for row, node in enumerate(nodes):
-                if lengths[row]:
-                    part[row, :, width - lengths[row]:] = node.own[index][tensor_index][0]
-            scene.append(part)
-        clone.scene_keys, clone.scene_values = scene
+        clone.scene_keys, clone.scene_values = scene_keys, scene_values
         new.layers.append(clone)
     return new, mask, offsets
+
+
+# -- the shared prefix read once per layer for all rows ------------------------------------------
+#
+# With a long shared prefix (about 1,000 tokens with 8 shots) the stitched batch above spends
+# about half its time copying the prefix's keys/values into every row (and, for grouped-query
+# attention with a mask, into every query head) and attending to those copies. Softmax attention
+# over the keys [prefix | own] splits exactly into the two parts, merged by their log-sum-exp:
+#     out = out_prefix * exp(lse_prefix - lse) + out_own * exp(lse_own - lse),
+#     lse = logaddexp(lse_prefix, lse_own),
+# so the prefix part can be computed with every row's queries stacked against the one batch-1
+# copy of the prefix (one attention call per layer, keys read once), and the own part (scene and
+# item tokens) with each row's padded, causal mask. It is the same computation as sdpa or eager
+# attention up to float rounding; the evaluator's one-time check per level compares it with full
+# encoding before it is used, and falls back to the stitched batch if it differs.
+
+SHARED_PREFIX_ATTENTION = "vat_hf_shared_prefix"
+"""The name of :func:`shared_prefix_attention` in transformers' ``AttentionInterface``."""
+
+_ATTENTION_WITH_LSE = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+class SharedPrefixAttentionError(RuntimeError):
+    """The model's attention asked for something the shared-prefix attention does not reproduce."""
+
+
+if DynamicLayer is not None:
+    class SharedPrefixLayer(DynamicLayer):
+        """A batch layer below a batch-1 shared prefix: ``prefix_keys``/``prefix_values`` (1,
+        kv_heads, prefix, head_dim) are the root's own tensors, never copied or expanded;
+        ``keys``/``values`` hold only each row's part below it (its scene part, left-padded), and
+        ``update`` unpacks the batch's new keys (:class:`SharedPrefixBatch`) and concatenates them
+        onto that part alone. With ``keep`` the result
+        is stored (a scene pass keeps its rows' keys), else it is freed with the layer's attention."""
+
+        keep = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            # The batch's new keys arrive packed (1, kv_heads, T, dim): unpacked into its rows.
+            key_states, value_states = self.batch.unpack(key_states), self.batch.unpack(value_states)
+            if self.keys is None or self.keys.shape[-2] == 0:
+                keys, values = key_states.contiguous(), value_states.contiguous()
+            else:
+                keys = torch.cat([self.keys, key_states], dim=-2)
+                values = torch.cat([self.values, value_states], dim=-2)
+            if self.keep:
+                self.keys, self.values = keys, values
+            return keys, values
+
+        def get_seq_length(self) -> int:
+            own = self.keys.shape[-2] if self.keys is not None else 0
+            return self.prefix_keys.shape[-2] + own
+
+
+def shared_prefix_cache(root_cache, nodes: Sequence[PrefixCache], lengths: Sequence[int], width: int, keep: bool):
+    """A batch cache of :class:`SharedPrefixLayer` over ``root_cache`` (each row's scene part from
+    ``nodes``, ``width`` wide; empty when every row continues from the root)."""
+    rows = len(nodes)
+    parts = _scene_parts(root_cache, nodes, lengths, width) if width else None
+    new = copy.copy(root_cache)
+    new.layers = []
+    for index, layer in enumerate(root_cache.layers):
+        clone = copy.copy(layer)
+        clone.__class__ = SharedPrefixLayer
+        clone.keep = keep
+        clone.prefix_keys, clone.prefix_values = layer.keys, layer.values
+        if parts is None:
+            shape = (rows, layer.keys.shape[1], 0, layer.keys.shape[3])
+            clone.keys, clone.values = layer.keys.new_empty(shape), layer.values.new_empty(shape)
+        else:
+            clone.keys, clone.values = parts[index]
+        new.layers.append(clone)
+    return new
+
+
+def shared_attention_supported(model, cache) -> bool:
+    """Whether :func:`shared_prefix_attention` can serve ``model``: a CPU model whose attention goes
+    through transformers' ``AttentionInterface`` (sdpa or eager; others are not reproduced), a
+    plain per-layer prefix cache, and torch's CPU attention kernel that returns the log-sum-exp."""
+    base = unwrap_model(model)
+    config = getattr(base, "config", None)
+    try:
+        device = next(base.parameters()).device
+    except (StopIteration, AttributeError):
+        return False
+    can_set = getattr(base, "_can_set_attn_implementation", None)
+    return (_ATTENTION_WITH_LSE is not None and device.type == "cpu" and supports_scene_prefixes(cache)
+            and callable(can_set) and can_set() and hasattr(base, "set_attn_implementation")
+            and getattr(config, "_attn_implementation", None) in ("sdpa", "eager"))
+
+
+@contextlib.contextmanager
+def attention_implementation(model, name: str):
+    """Run ``model`` with attention implementation ``name`` (registered in transformers'
+    ``AttentionInterface``) inside the block, and with its own implementation again after it."""
+    from transformers import AttentionInterface
+
+    if name == SHARED_PREFIX_ATTENTION and name not in AttentionInterface._global_mapping:
+        AttentionInterface.register(name, shared_prefix_attention)
+    base = unwrap_model(model)
+    before = base.config._attn_implementation
+    if before == name:
+        yield
+        return
+    base.set_attn_implementation(name)
+    if base.config._attn_implementation != name:
+        raise SharedPrefixAttentionError(f"{type(base).__name__} did not take the attention implementation {name!r}")
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(before)
+
+
+def own_attention_mask(mask: torch.Tensor, prefix_len: int, query_len: int, dtype) -> torch.Tensor:
+    """The additive ``(rows, 1, query_len, own)`` mask of each row's own keys (everything after the
+    shared prefix) from the batch's 2D mask over ``[prefix | scene part | new tokens]``: a query sees
+    the row's real keys up to its own position. Every row must see the whole prefix (it is read
+    without a mask)."""
+    if not bool(mask[:, :prefix_len].all()):
+        raise SharedPrefixAttentionError("a row that does not see the whole shared prefix cannot share it")
+    own = mask[:, prefix_len:].bool()
+    width = own.shape[1] - query_len
+    causal = torch.ones((query_len, own.shape[1]), dtype=torch.bool, device=mask.device).tril(diagonal=width)
+    allowed = own[:, None, :] & causal
+    # A padding query sees none of the row's own keys; it may see itself, so that no softmax row of
+    # this part is empty (NaN). What it computes is read by no real token.
+    steps = torch.arange(query_len, device=mask.device)
+    allowed[:, steps, width + steps] |= ~own[:, width:]
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=mask.device)
+    return additive.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+class SharedPrefixBatch:
+    """One forward pass below a shared prefix with its rows packed into one sequence.
+
+    The model reads ``input_ids`` of shape (1, T), every row's own tokens one after the other (no
+    padding: the linear layers, most of the work, run on real tokens only). Attention unpacks them
+    into left-padded rows (``rows`` x ``width``, the longest row) to attend to each row's scene part
+    and its own earlier tokens, and packs the result back. Passed to the model as the forward
+    kwarg ``shared_prefix``; the batch cache's :class:`SharedPrefixLayer` layers read it too.
+    ``prefix_mask`` is :func:`prefix_batch`'s (rows, prefix + scene width) mask.
+    """
+
+    def __init__(self, cache, lengths: Sequence[int], prefix_mask: torch.Tensor, prefix_len: int, dtype):
+        device = prefix_mask.device
+        rows, width = len(lengths), max(lengths)
+        self.layers, self.rows, self.width = cache.layers, rows, width
+        n = torch.tensor(list(lengths), dtype=torch.long, device=device)
+        starts = torch.cumsum(n, 0) - n
+        steps = torch.arange(width, device=device)
+        pads = width - n
+        real = steps[None, :] >= pads[:, None]  # (rows, width): left-padded slots that hold a token
+        self.real = real
+        source = starts[:, None] + steps[None, :] - pads[:, None]
+        # Pad slots read token 0: masked as keys, discarded as queries.
+        self.unpack_index = torch.where(real, source, torch.zeros_like(source)).view(-1)
+        self.pack_index = (torch.arange(rows, device=device)[:, None] * width + steps[None, :])[real]
+        self.last = starts + n - 1  # each row's last token in the packed sequence
+        full = torch.cat([prefix_mask, real.to(prefix_mask.dtype)], dim=1)
+        self.mask = own_attention_mask(full, prefix_len, width, dtype)
+        self._grouped: Dict[int, torch.Tensor] = {}
+        for layer in cache.layers:
+            layer.batch = self
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """(1, heads, T, dim) packed -> (rows, heads, width, dim) left-padded."""
+        heads, dim = packed.shape[1], packed.shape[3]
+        return packed[0].index_select(1, self.unpack_index).view(heads, self.rows, self.width, dim).transpose(0, 1)
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        """(rows, width, heads, dim) left-padded -> (1, T, heads, dim) packed."""
+        return padded.reshape(self.rows * self.width, *padded.shape[2:]).index_select(0, self.pack_index)[None]
+
+    def grouped_mask(self, groups: int) -> torch.Tensor:
+        """The mask (rows, 1, width, own) for ``groups`` query heads stacked per key/value head:
+        (rows, 1, groups * width, own), made once per pass."""
+        if groups not in self._grouped:
+            rows, _, q, own = self.mask.shape
+            self._grouped[groups] = self.mask[:, :, None].expand(rows, 1, groups, q, own).reshape(rows, 1, groups * q, own)
+        return self._grouped[groups]
+
+
+def attend_with_shared_prefix(query, prefix_keys, prefix_values, keys, values, mask, scale):
+    """Attention of ``query`` (rows, heads, q, dim) over ``[prefix | own]`` keys, with the batch-1
+    prefix (1, kv_heads, P, dim) read once for all rows and the rows' own keys (rows, kv_heads, S,
+    dim) under ``mask`` (rows, 1, groups * q, S; additive). Returns (rows, q, heads, dim), the
+    layout of transformers' sdpa attention output."""
+    rows, heads, q, dim = query.shape
+    kv_heads = keys.shape[1]
+    groups = heads // kv_heads
+    # Query heads h = kv * groups + j share key/value head kv: stack them as rows (j, t) of it, so
+    # that grouped-query attention needs no copies of the keys.
+    grouped = query.reshape(rows, kv_heads, groups * q, dim)
+    out_own, lse_own = _ATTENTION_WITH_LSE(grouped, keys, values, attn_mask=mask, scale=scale)
+    stacked = grouped.transpose(0, 1).reshape(1, kv_heads, rows * groups * q, dim)
+    out_prefix, lse_prefix = _ATTENTION_WITH_LSE(stacked, prefix_keys, prefix_values, scale=scale)
+    out_prefix = out_prefix.reshape(kv_heads, rows, groups * q, dim).transpose(0, 1).float()
+    lse_prefix = lse_prefix.reshape(kv_heads, rows, groups * q).transpose(0, 1).float()
+    lse_own = lse_own.float()
+    lse = torch.logaddexp(lse_prefix, lse_own)
+    out = out_prefix * torch.exp(lse_prefix - lse)[..., None] + out_own.float() * torch.exp(lse_own - lse)[..., None]
+    return out.to(query.dtype).reshape(rows, kv_heads, groups, q, dim).permute(0, 3, 1, 2, 4).reshape(rows, q, heads, dim)
+
+
+def shared_prefix_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                            scaling: Optional[float] = None, shared_prefix: Optional[SharedPrefixBatch] = None,
+                            **kwargs):
+    """An attention function for transformers' ``AttentionInterface``. ``query`` is the packed
+    batch's (1, heads, T, dim), ``key``/``value`` each row's own keys (what :class:`SharedPrefixLayer`
+    returns), the shared prefix is this layer's ``prefix_keys``; ``shared_prefix`` (the
+    :class:`SharedPrefixBatch`) says how rows are packed and holds the mask."""
+    if shared_prefix is None:
+        raise SharedPrefixAttentionError("shared-prefix attention was called without the batch's shared prefix "
+                                         "(the model did not pass its forward kwargs on to the attention)")
+    for name in ("softcap", "position_bias", "sliding_window", "s_aux", "sinks"):
+        if kwargs.get(name) is not None:
+            raise SharedPrefixAttentionError(f"shared-prefix attention does not reproduce {name!r}")
+    index = getattr(module, "layer_idx", None)
+    if index is None or query.shape[0] != 1 or shared_prefix.layers[index].batch is not shared_prefix:
+        raise SharedPrefixAttentionError("shared-prefix attention needs the layer index and the packed batch")
+    layer = shared_prefix.layers[index]
+    rows_query = shared_prefix.unpack(query)
+    mask = shared_prefix.grouped_mask(rows_query.shape[1] // key.shape[1])
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = attend_with_shared_prefix(rows_query, layer.prefix_keys, layer.prefix_values, key, value, mask, scale)
+    return shared_prefix.pack(out), None
