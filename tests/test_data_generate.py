@@ -217,14 +217,14 @@ def test_tiny_random_model_garbage_is_rejected_and_recorded(tiny_model, tmp_path
 def test_cli_build_with_the_tiny_model(tiny_model_dir, tmp_path, one_thread):
     from typer.testing import CliRunner
 
-    from vat_hf.data.cli import app
+    from vat_hf.cli import app  # `vat-hf data ...`: the command users run, with its error surface
 
     scenarios = tmp_path / "scenarios.jsonl"
     scenarios.write_text(json.dumps({"country": "Kenya", "domain": "Work", "scenario": "Amina finds a billing error in her favour."}) + "\n")
     args = ["build", "-o", str(tmp_path / "b"), "--generator", str(tiny_model_dir), "--values", "Benevolence,Power",
             "--scenarios", str(scenarios), "--max-retries", "0", "--max-new-tokens-actions", "8", "--device", "cpu",
             "--dtype", "float32"]
-    res = CliRunner().invoke(app, args)
+    res = CliRunner().invoke(app, ["data", *args])
     assert res.exit_code == 0, res.output
     assert "generations rejected" in res.output
     meta = read_json(tmp_path / "b" / "items.meta.json")

@@ -352,11 +352,11 @@ def test_push_refuses_a_leaky_set(monkeypatch):
 def test_cli_push_dry_run_and_captured(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    from vat_hf.data.cli import app
+    from vat_hf.cli import app  # `vat-hf data ...`: the command users run, with its error surface
 
     saved = save_items(_items(), tmp_path / "items.jsonl")
     runner = CliRunner()
-    res = runner.invoke(app, ["push", str(saved), "me/vat-items", "--dry-run", str(tmp_path / "upload")])
+    res = runner.invoke(app, ["data", "push", str(saved), "me/vat-items", "--dry-run", str(tmp_path / "upload")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "upload" / "README.md").exists() and (tmp_path / "upload" / "data" / "test-00000-of-00001.parquet").exists()
     # what load_dataset(repo_id) would read: the card's configs map each split to its file
@@ -364,7 +364,7 @@ def test_cli_push_dry_run_and_captured(monkeypatch, tmp_path):
     assert sorted(uploaded) == ["test", "train"] and uploaded["train"].features == ITEM_FEATURES
     assert uploaded["train"].to_list() + uploaded["test"].to_list() == read_items(saved).to_list()
     cap = Capture(monkeypatch)
-    res = runner.invoke(app, ["push", str(saved), "me/vat-items", "--license", "mit"])
+    res = runner.invoke(app, ["data", "push", str(saved), "me/vat-items", "--license", "mit"])
     assert res.exit_code == 0, res.output
     assert "README.md" in cap.files() and "pushed to https://huggingface.co/datasets/me/vat-items" in res.output
 
@@ -372,13 +372,13 @@ def test_cli_push_dry_run_and_captured(monkeypatch, tmp_path):
 def test_cli_load_with_flags(tmp_path):
     from typer.testing import CliRunner
 
-    from vat_hf.data.cli import app
+    from vat_hf.cli import app  # `vat-hf data ...`: the command users run, with its error surface
 
     path = _write(tmp_path, "csv")
     out = tmp_path / "mapped.jsonl"
     args = ["load", str(path), "-o", str(out)] + sum((["--map", f"{k}={v}"] for k, v in MAPPING["columns"].items()), [])
-    res = CliRunner().invoke(app, args)
+    res = CliRunner().invoke(app, ["data", *args])
     assert res.exit_code == 0, res.output
     assert len(read_items(out)) == 6
-    res = CliRunner().invoke(app, ["load", str(path), "-o", str(out), "--map", "country=Nation"])
+    res = CliRunner().invoke(app, ["data", "load", str(path), "-o", str(out), "--map", "country=Nation"])
     assert res.exit_code == 1 and "Nation" in res.output

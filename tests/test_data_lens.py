@@ -157,13 +157,13 @@ def test_import_errors_name_the_problem(tmp_path):
 def test_cli_import_writes_items_and_failures(small_corpus, tmp_path):
     from typer.testing import CliRunner
 
-    from vat_hf.data.cli import app
+    from vat_hf.cli import app  # `vat-hf data ...`: the command users run, with its error surface
     from vat_hf.data.storage import read_items
     from vat_hf.io import read_jsonl
 
     path, _ = small_corpus
     out = tmp_path / "items"
-    res = CliRunner().invoke(app, ["import-value-action-lens", str(path), "-o", str(out)])
+    res = CliRunner().invoke(app, ["data", "import-value-action-lens", str(path), "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert "recovered 34 of 36 rows" in res.output
     assert len(read_items(out)) == 34

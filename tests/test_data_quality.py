@@ -98,16 +98,16 @@ def test_print_report_table(capsys):
 def test_cli_check(tmp_path):
     from typer.testing import CliRunner
 
-    from vat_hf.data.cli import app
+    from vat_hf.cli import app  # `vat-hf data ...`: the command users run, with its error surface
     from vat_hf.io import write_jsonl
 
     rows = make_rows()
     path = write_jsonl(tmp_path / "items.jsonl", rows)
     runner = CliRunner()
-    res = runner.invoke(app, ["check", str(path), "--json", str(tmp_path / "report.json")])
+    res = runner.invoke(app, ["data", "check", str(path), "--json", str(tmp_path / "report.json")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "report.json").read_text())["ok"] is True
     rows[4]["split"] = "train"
     write_jsonl(path, rows)
-    res = runner.invoke(app, ["check", str(path), "--strict"])
+    res = runner.invoke(app, ["data", "check", str(path), "--strict"])
     assert res.exit_code == 1 and "both splits" in res.output

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vat_hf.data import load_builtin, load_items
-from vat_hf.data.cli import app
+from vat_hf.cli import app  # `vat-hf data ...`: the command users run, with its error surface
 from vat_hf.data.hub import push_to_hub
 from vat_hf.data.schema import ItemValidationError, to_dataset
 from vat_hf.data.storage import read_items, read_metadata, save_items
@@ -87,7 +87,7 @@ def test_data_check_and_load_items_accept_the_same_sources(tmp_path, form):
     (The *content* is judged differently on purpose: check reports problems such as split leakage,
     load_items refuses them.)"""
     source = str(_make(tmp_path, form))
-    checked = CliRunner().invoke(app, ["check", source])
+    checked = CliRunner().invoke(app, ["data", "check", source])
     try:
         loaded, refusal = load_items(source), None
     except (ValueError, FileNotFoundError) as err:

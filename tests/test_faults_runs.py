@@ -21,6 +21,30 @@ DETERMINISTIC = ("judgments/baseline.jsonl", "judgments/prompt-k2.jsonl", "judgm
 """Files whose bytes a rerun of a finished experiment reproduces exactly (the results files
 carry their own timing)."""
 
+FLOAT_TOL = 1e-6
+"""How far a resumed run's probabilities may be from an uninterrupted run's: a resumed run judges
+only what its cache lacks, so items meet other batch and scene-prefix companions, and float32
+matrix products round differently with other shapes (about 1e-7 here); every rating, argmax,
+id, prompt and count must still be equal."""
+
+
+def numbers_close(x, y, tol: float = FLOAT_TOL) -> bool:
+    """Two JSON values equal, floats within ``tol`` (absolute, or relative for large ones)."""
+    if isinstance(x, float) or isinstance(y, float):
+        return isinstance(x, (int, float)) and isinstance(y, (int, float)) and (
+            x == y or abs(x - y) <= tol * max(1.0, abs(x), abs(y)))
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(numbers_close(x[k], y[k], tol) for k in x)
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(numbers_close(a, b, tol) for a, b in zip(x, y))
+    return x == y
+
+
+def same_judgments(a: bytes, b: bytes) -> bool:
+    """Two JSONL judgment (or sample) files with the same records, floats within :data:`FLOAT_TOL`."""
+    rows = [[json.loads(line) for line in data.decode().splitlines()] for data in (a, b)]
+    return numbers_close(rows[0], rows[1])
+
 
 def run_in_process(config):
     from vat_hf.pipeline import ExperimentConfig, run_experiment
@@ -50,10 +74,7 @@ def same_results(rel, a: bytes, b: bytes, folders=()) -> bool:
     for folder in sorted(map(str, folders), key=len, reverse=True):
         texts = [t.replace(folder, "<output_dir>") for t in texts]
     x, y = (json.loads(t) for t in texts)
-    for key in ("vat", "summary", "pairs", "missing"):
-        if x.get(key) != y.get(key):
-            return False
-    return True
+    return all(numbers_close(x.get(key), y.get(key)) for key in ("vat", "summary", "pairs", "missing"))
 
 
 def assert_intact(before, now, allow_new=(), folders=()):
@@ -73,7 +94,7 @@ def assert_intact(before, now, allow_new=(), folders=()):
 
 # -- kill -9 ------------------------------------------------------------------------------------
 
-def test_kill_9_at_random_points_of_judging_resumes_to_the_same_bytes(finished, tiny_model_dir, tmp_path):
+def test_kill_9_at_random_points_of_judging_resumes_to_the_same_judgments(finished, tiny_model_dir, tmp_path):
     rng = random.Random(15)
     out = tmp_path / "out"
     recipe = write_yaml(tmp_path / "recipe.yaml", experiment(tiny_model_dir, out))
@@ -87,8 +108,9 @@ def test_kill_9_at_random_points_of_judging_resumes_to_the_same_bytes(finished, 
             assert rel.startswith("cache/") or whole(rel, data), rel
     run_in_process(experiment(tiny_model_dir, out))
     now = files(out)
-    for rel in DETERMINISTIC:
-        assert now[rel] == finished[1][rel], rel
+    for rel in DETERMINISTIC:  # the judged items met other batch companions: equal up to float rounding
+        same = now[rel] == finished[1][rel] or (rel.endswith(".jsonl") and same_judgments(now[rel], finished[1][rel]))
+        assert same, rel
     assert same_results("results/prompt-k2.json", now["results/prompt-k2.json"], finished[1]["results/prompt-k2.json"],
                         (out, finished[0]))  # noqa: E501
     keys = [json.loads(line)["key"] for p in out.glob("cache/judgments/*/part-*.jsonl") for line in p.read_text().splitlines()]

@@ -248,7 +248,12 @@ def push_cmd(
 
 
 def main() -> None:  # pragma: no cover
-    app()
+    """``python -m vat_hf.data.cli``: the commands of ``vat-hf data``, with its error surface."""
+    import sys
+
+    from vat_hf.errors import run_main, wants_verbose
+
+    sys.exit(run_main(lambda: app(standalone_mode=False), wants_verbose(sys.argv)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import datasets
+from datasets.data_files import EmptyDatasetError
 
 from vat_hf import __version__
 from vat_hf.data.fields import ITEM_ID_VERSION, SPLITS
@@ -62,6 +63,10 @@ ACCEPTED_SOURCES = (f"a {'/'.join(sorted(FILE_BUILDERS))} file (optionally {'/'.
 class ItemSourceError(VatHfError, ValueError):
     """An item file that cannot be read as a table at all (empty, not UTF-8, not the format its
     name says); names the file and, where there is one, the line."""
+
+
+class ItemSourceNotFound(VatHfError, FileNotFoundError):
+    """An item source that is not there: a path that does not exist, a folder with no data files."""
 
 
 def file_problem(path: Path) -> Optional[ItemSourceError]:
@@ -165,9 +170,13 @@ def read_table(source: PathLike, config: Optional[str] = None, split: Optional[s
         if saved and not (path / "README.md").exists():  # e.g. a `vat-hf data build` folder
             raise ValueError(f"{path} is a folder holding saved item set file(s) and their sidecars, not a dataset; "
                              f"give the item file itself: {', '.join(str(p) for p in saved)}")
-        loaded = datasets.load_dataset(str(path), split=split, **builder_kwargs)
+        try:
+            loaded = datasets.load_dataset(str(path), split=split, **builder_kwargs)
+        except EmptyDatasetError as err:  # an empty folder, or none of its files is data
+            raise ItemSourceNotFound(f"item source {text!r} is a folder without data files ({err})",
+                                     fix=f"give {ACCEPTED_SOURCES}") from None
     elif text.startswith((".", "/", "~")) or text.count("/") > 1 or path.suffix.lower() in (*FILE_BUILDERS, *COMPRESSIONS):
-        raise FileNotFoundError(f"item source {text!r} does not exist; give {ACCEPTED_SOURCES}")
+        raise ItemSourceNotFound(f"item source {text!r} does not exist", fix=f"give {ACCEPTED_SOURCES}")
     else:
         loaded = datasets.load_dataset(text, name=config, split=split, revision=revision, **builder_kwargs)
     if isinstance(loaded, datasets.DatasetDict):
