@@ -247,3 +247,17 @@ def test_the_metric_module_names_bad_input():
     with pytest.raises(VATInputError) as err:  # was: np.str_('Kindness')
         metric.compute(**{**base, "value": list(np.array(["Benevolence", "Kindness", "Benevolence", "Power"]))})
     assert "'Kindness'" in str(err.value) and "np.str_" not in str(err.value)
+
+
+def test_score_names_the_file_and_line_of_a_rating_outside_the_scale(tmp_path):
+    from vat_hf.io import write_jsonl
+    from vat_hf.metrics.core import VATInputError
+    from vat_hf.metrics.paired import score_judgments
+
+    records = [{"id": f"i{k}", "scene_id": f"s{k % 3}", "value": "Power", "polarity": 1, "rating": 3.0} for k in range(6)]
+    post = [dict(r) for r in records]
+    post[1]["rating"] = 7.0  # line 2 of the post file
+    write_jsonl(tmp_path / "post.jsonl", post)
+    with pytest.raises(VATInputError, match=r"post.jsonl: line 2: rating 7.0 of item 'i1' is outside the scale \[1, 5\]"):
+        score_judgments(records, post, "Power", pre_name="pre.jsonl", post_name=str(tmp_path / "post.jsonl"))
+    assert score_judgments(records, post, "Power", scale_min=1, scale_max=7, n_bootstrap=0)["pairing"]["n_rated"] == 6

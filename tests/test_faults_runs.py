@@ -109,10 +109,24 @@ def test_kill_9_at_random_points_of_judging_resumes_to_the_same_judgments(finish
     run_in_process(experiment(tiny_model_dir, out))
     now = files(out)
     for rel in DETERMINISTIC:  # the judged items met other batch companions: equal up to float rounding
-        same = now[rel] == finished[1][rel] or (rel.endswith(".jsonl") and same_judgments(now[rel], finished[1][rel]))
-        assert same, rel
-    assert same_results("results/prompt-k2.json", now["results/prompt-k2.json"], finished[1]["results/prompt-k2.json"],
-                        (out, finished[0]))  # noqa: E501
+        if rel.endswith(".jsonl"):
+            assert now[rel] == finished[1][rel] or same_judgments(now[rel], finished[1][rel]), rel
+    # Nothing from the killed runs is mixed in: the result is exactly the metric of the judgments on disk ...
+    from vat_hf.io import read_json, read_jsonl, write_json
+    from vat_hf.metrics.paired import score_judgments
+    from vat_hf.pipeline import ExperimentConfig
+
+    cfg = ExperimentConfig.from_yaml(recipe)
+    result = json.loads(now["results/prompt-k2.json"])
+    pre, post = (result["vat"]["pairing"][k] for k in ("pre", "post"))
+    rescored = score_judgments(read_jsonl(pre), read_jsonl(post), cfg.target_value, seed=cfg.seed, pre_name=pre,
+                               post_name=post, **cfg.metric.kwargs())
+    assert result["vat"] == read_json(write_json(tmp_path / "rescored.json", rescored))
+    # ... and it is the uninterrupted run's up to that rounding, which the tiny random model's gains
+    # (about 1e-3) amplify in the ratios to about 1e-4 relative.
+    x, y = (json.loads(data.decode().replace(str(folder), "<out>")) for data, folder in
+            ((now["results/prompt-k2.json"], out), (finished[1]["results/prompt-k2.json"], finished[0])))
+    assert all(numbers_close(x.get(k), y.get(k), tol=1e-3) for k in ("vat", "summary", "pairs", "missing"))
     keys = [json.loads(line)["key"] for p in out.glob("cache/judgments/*/part-*.jsonl") for line in p.read_text().splitlines()]
     assert len(keys) == len(set(keys)) == total  # each item judged once: killed batches were lost, never doubled
 

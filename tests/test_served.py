@@ -19,7 +19,6 @@ pytest.importorskip("openai", reason="the served-model backend needs the openai 
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
 
 from vat_hf.evaluation import EvalConfig, Evaluator, run_evaluation  # noqa: E402
-from vat_hf.evaluation.cache import JudgmentCache  # noqa: E402
 from vat_hf.evaluation.config import EvalConfigError  # noqa: E402
 from vat_hf.evaluation.served import ServedEvaluator, ServedModelError, read_api_key  # noqa: E402
 from vat_hf.io import read_jsonl  # noqa: E402
@@ -168,7 +167,7 @@ def test_a_run_that_fails_midway_keeps_what_it_judged_and_resumes(sharp_model, r
         assert "5 of 12 items were judged" in str(failed.value)
         assert not (tmp_path / "j.jsonl").exists()
         caches = list((tmp_path / "cache" / "judgments").iterdir())
-        assert len(caches) == 1 and len(JudgmentCache._read_part(caches[0] / "part-0.jsonl")) == 5
+        assert len(caches) == 1 and len(read_jsonl(caches[0] / "part-0.jsonl")) == 5
         judged_before = {tuple(b["prompt"]) for b in server.answered}
         server.fail_from = None
         server.answered.clear()

@@ -337,15 +337,15 @@ class ExperimentRunner:
 
         cfg = self.config
         random.seed(cfg.seed)
+        training = dict(base_model=cfg.model, target_value=cfg.target_value, data_source=cfg.data.source,
+                        data_columns=cfg.data.columns)
+        for spec in cfg.interventions:  # a bad training recipe fails now, before anything is loaded or written
+            if spec.type in ("sft", "dpo"):
+                check_intervention(spec, output_dir=self.out / "adapters" / spec.name, **training)
         write_json(self.out / "config.json", cfg.to_dict())
         items = cfg.data.load(seed=cfg.seed)
         train_items = cfg.data.load_train(seed=cfg.seed) if any(s.needs_train_items for s in cfg.interventions) else []
         logger.info("%d %s items from %s", len(items), cfg.data.split, cfg.data.source)
-        training = dict(base_model=cfg.model, target_value=cfg.target_value, data_source=cfg.data.source,
-                        data_columns=cfg.data.columns)
-        for spec in cfg.interventions:  # a bad training recipe fails now, not after the evaluations
-            if spec.type in ("sft", "dpo"):
-                check_intervention(spec, output_dir=self.out / "adapters" / spec.name, **training)
         steering_inputs = self._steering_inputs() if any(s.type == "steering" for s in cfg.interventions) else {}
         baseline = self.evaluate(BASELINE, items, JudgePrompt(name=BASELINE))
         results = []

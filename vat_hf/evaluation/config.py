@@ -146,6 +146,7 @@ class EvalConfig:
             parse_dtype(self.dtype)
         except ValueError as err:
             raise FieldError("dtype", self.dtype, str(err), fix="auto, float32, bfloat16 or float16") from None
+        self._check_backend_settings()
 
     def _check_backend_settings(self) -> None:
         if self.base_url:

@@ -178,7 +178,7 @@ def as_float_column(x, name: str) -> np.ndarray:
         return arr.astype(float)
     except (TypeError, ValueError):
         bad = next(i for i, v in enumerate(arr) if not _is_number(v))
-        raise VATInputError(name, f"row {bad} holds {arr[bad]!r}, not a number",
+        raise VATInputError(name, f"input {bad} (counted from 0) holds {arr[bad]!r}, not a number",
                             "give ratings as numbers (None or NaN for a missing judgment)") from None
 
 
@@ -197,7 +197,7 @@ def _codes(x: np.ndarray, name: str) -> Tuple[List[Any], np.ndarray]:
     missing = _missing(x)
     if missing.any():
         i = int(np.flatnonzero(missing)[0])
-        raise VATInputError(name, f"row {i} has no {name} id ({x[i]!r}); {int(missing.sum())} rows lack one",
+        raise VATInputError(name, f"input {i} (counted from 0) has no {name} id ({x[i]!r}); {int(missing.sum())} rows lack one",
                             f"give every item a {name} id (a string or an integer)")
     if all(isinstance(v, str) for v in x):
         ids, codes = np.unique(x.astype(str), return_inverse=True)
@@ -206,7 +206,7 @@ def _codes(x: np.ndarray, name: str) -> Tuple[List[Any], np.ndarray]:
         uniq = list(dict.fromkeys(x.tolist()))
     except TypeError:
         i = next(k for k, v in enumerate(x) if not _hashable(v))
-        raise VATInputError(name, f"row {i} holds an unhashable {type(x[i]).__name__} ({x[i]!r})",
+        raise VATInputError(name, f"input {i} (counted from 0) holds an unhashable {type(x[i]).__name__} ({x[i]!r})",
                             f"give {name} ids as strings or integers") from None
     uniq.sort(key=lambda v: (str(v), type(v).__name__))
     lookup = {v: k for k, v in enumerate(uniq)}
@@ -376,7 +376,7 @@ def index_items(value, polarity, scene, *, target_value: str, keep: np.ndarray, 
     bad = ~np.isin(pol, (1.0, -1.0))
     if bad.any():
         i = int(rows[np.flatnonzero(bad)[0]])
-        raise VATInputError("polarity", f"polarity must be +1 or -1; row {i} has {pol[bad][0]:g} "
+        raise VATInputError("polarity", f"polarity must be +1 or -1; input {i} (counted from 0) has {pol[bad][0]:g} "
                             f"({int(bad.sum())} rows, values {np.unique(pol[bad])[:5].tolist()})",
                             "+1 when the action expresses the value, -1 when it goes against it")
     # every row's value is checked, also in rows without a rating: a misspelt value is bad data either way
@@ -436,7 +436,7 @@ def _canonical_column(col: np.ndarray, rows: np.ndarray, name: str, canonical, f
             out.append(canonical(v))
         except UnknownValueError as err:
             i = int(rows[np.flatnonzero(col.astype(str) == v)[0]])
-            raise VATInputError(name, f"row {i}: {err}", fix) from None
+            raise VATInputError(name, f"input {i} (counted from 0): {err}", fix) from None
     return np.array(out, dtype=object)[inv]
 
 
@@ -489,7 +489,7 @@ def reduce_arm(items: Items, pre, post, *, scale_min: float = 1.0, scale_max: fl
         k = int(np.flatnonzero(out)[0])
         i = int(np.flatnonzero(items.keep)[k])
         raise VATInputError("pre/post", f"{int(out.sum())} ratings fall outside the scale [{scale_min:g}, {scale_max:g}] "
-                            f"(first: row {i}, pre={pre[k]:g}, post={post[k]:g})",
+                            f"(first: input {i}, counted from 0, pre={pre[k]:g}, post={post[k]:g})",
                             "set scale_min/scale_max to the scale the items were rated on")
     S, U = items.S, items.U
     half = (scale_max - scale_min) / 2.0

@@ -150,6 +150,16 @@ def pairing_summary(pairing: Mapping[str, Any]) -> Optional[str]:
     return f"scored {pairing['n_rated']} of {total} items: " + ", ".join(parts)
 
 
+def _check_scale(files, scale_min: float, scale_max: float) -> None:
+    """Refuse the first rating outside ``[scale_min, scale_max]``, naming its file and line."""
+    for records, name in files:
+        for line, record in enumerate(records, start=1):
+            if _rated(record) and not scale_min - 1e-9 <= float(record["rating"]) <= scale_max + 1e-9:
+                raise VATInputError(f"{name}: line {line}", f"rating {record['rating']!r} of item {record.get('id')!r} "
+                                    f"is outside the scale [{scale_min:g}, {scale_max:g}]",
+                                    "set --scale-min/--scale-max (scale_min/scale_max) to the scale the items were rated on")
+
+
 def pair_judgments(pre: Sequence[Mapping], post: Sequence[Mapping], pre_name: str = "pre",
                    post_name: str = "post") -> Dict[str, List]:
     """Metric input columns (``pre``, ``post``, ``value``, ``polarity``, ``scene`` and, where the
@@ -176,6 +186,8 @@ def score_judgments(pre: Sequence[Mapping], post: Sequence[Mapping], target_valu
     from vat_hf.metrics.core import compute_vat
 
     pairs, pairing = pair_records(pre, post, pre_name, post_name)
+    _check_scale(((pre, pre_name), (post, post_name)), metric_kwargs.get("scale_min", 1.0),
+                 metric_kwargs.get("scale_max", 5.0))
     columns = _columns(pairs, pairing)
     result = compute_vat(**columns, target_value=target_value, **metric_kwargs)
     result["n_unpaired"] = pairing["only_pre"]["n"] + pairing["only_post"]["n"]

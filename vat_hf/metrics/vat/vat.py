@@ -95,7 +95,7 @@ def _encode_id(x, field: str, row: int) -> str:
     except (TypeError, ValueError, SyntaxError):
         ok = False
     if not ok:
-        raise VATInputError(field, f"row {row} holds {x!r} ({type(x).__name__}), which is not a usable id",
+        raise VATInputError(field, f"input {row} (counted from 0) holds {x!r} ({type(x).__name__}), which is not a usable id",
                             f"give {field} ids as strings or integers")
     return _TAG + text
 
@@ -141,15 +141,15 @@ class VAT(evaluate.Metric):
         for field in ("pre", "post"):
             for row, x in enumerate(kwargs[field]):
                 if x is not None and not isinstance(x, (int, float, np.number)):
-                    raise VATInputError(field, f"row {row} holds {x!r}, not a number",
+                    raise VATInputError(field, f"input {row} (counted from 0) holds {x!r}, not a number",
                                         "give ratings as numbers (None or NaN for a missing judgment)")
         for row, x in enumerate(kwargs["polarity"]):
             if isinstance(x, bool) or not isinstance(x, (int, float, np.number)) or x not in (1, -1):
-                raise VATInputError("polarity", f"row {row} holds {x!r}",
+                raise VATInputError("polarity", f"input {row} (counted from 0) holds {x!r}",
                                     "+1 when the action expresses the value, -1 when it goes against it")
         for row, x in enumerate(kwargs["value"]):
             if not isinstance(x, str):
-                raise VATInputError("value", f"row {row} holds {x!r}", "give each item's basic value as a string")
+                raise VATInputError("value", f"input {row} (counted from 0) holds {x!r}", "give each item's basic value as a string")
         kwargs = dict(kwargs)
         kwargs["scene"] = [_encode_id(x, "scene", row) for row, x in enumerate(kwargs["scene"])]
         for field in _OPTIONAL:
