@@ -154,7 +154,8 @@ def _unknown_error(parser, where: str, keys: Iterable[str], method: str) -> Trai
         close = difflib.get_close_matches(key, known, n=3)
         lines.append(f"{key!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
     classes = ", ".join(cls.__name__ for cls in config_classes(method))
-    return TrainingConfigError(f"{where}: unknown key(s) {'; '.join(lines)}. A {method} recipe takes the fields of {classes}.")
+    return TrainingConfigError(f"{where}: unknown key(s) {'; '.join(lines)}",
+                               fix=f"spell each key as a field of {classes} (a {method} recipe takes those)")
 
 
 def parse_training_config(method: str, config: Mapping[str, Any], args: Sequence[str] = (), where: str = "recipe"):
