@@ -135,10 +135,13 @@ def default_device() -> torch.device:
 
 
 PREFER_BF16_ON_CPU = False
-"""Whether ``dtype="auto"`` picks bfloat16 on a CPU with native bf16 instructions. Off for now:
-issue 13 keeps the demo's numbers unchanged through the redesign, and the evidence for switching
-(issue 16, part 7: speed, agreement, and the paired comparison of whole VAT runs) is still being
-gathered. ``load_model(prefer_bf16_on_cpu=True)`` opts in per call."""
+"""Whether ``dtype="auto"`` picks bfloat16 on a CPU with native bf16 instructions. Off, from the
+evidence of ``bench/bench_dtype.py --vat`` (docs/evaluator.md, "float32 or bfloat16 on a CPU"): on
+an AVX512-BF16 CPU bf16 judged 2.5x faster, but it flipped 16 of 440 baseline argmaxes and, in the
+paired comparison of the demo's arms scored both ways, raised the DPO adapter's tax from 0.0016 to
+0.0039 (difference interval excluding 0) to a level bf16's own chance level explains: rounding
+noise of the size of the small effects the metric exists to measure. A recipe opts in with
+``eval.dtype: bfloat16``; ``load_model(prefer_bf16_on_cpu=True)`` per call."""
 
 
 def _cpuinfo_flags() -> set:
