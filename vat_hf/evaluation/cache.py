@@ -76,6 +76,17 @@ def item_hash(item: Mapping) -> str:
     return sha256_json({"scenario": item.get("scenario"), "action": item.get("action")})[:32]
 
 
+def cached_outputs(cache: Optional["JudgmentCache"], items: Iterable[Mapping]) -> Tuple[List[str], List[Optional[Dict]]]:
+    """The items' hashes and, in their order, each one's cached outputs or None (without a
+    cache: no hashes, and None for every item)."""
+    items = list(items)
+    if cache is None:
+        return [], [None] * len(items)
+    hashes = [item_hash(item) for item in items]
+    found = cache.lookup(hashes)
+    return hashes, [found.get(h) for h in hashes]
+
+
 def _tensor_sample_digest(tensors: Iterable[Tuple[str, torch.Tensor]], per_tensor: int = 1024) -> str:
     """A cheap digest of weights: name, shape, dtype and ``per_tensor`` strided values of each."""
     digest = hashlib.sha256()

@@ -137,8 +137,6 @@ class EvalConfig:
             self.prefix_reuse = self.prefix_reuse.lower()
         self.vllm_engine_args = json_mapping(self.vllm_engine_args, "eval setting vllm_engine_args",
                                              '{"tensor_parallel_size": 2}')
-        if isinstance(self.request_timeout, int) and not isinstance(self.request_timeout, bool):
-            self.request_timeout = float(self.request_timeout)  # a recipe's `30` is 30 seconds
         check_fields(self)  # every field against its type hint (choices, ranges)
         from vat_hf.models.loading import parse_dtype
 

@@ -654,19 +654,13 @@ class Evaluator:
     def judge(self, items: Sequence[Mapping]) -> List[Dict]:
         """Records in the order of ``items``; with ``cache_dir``, finished items come from the
         cache and each newly judged batch is appended to it before the next one starts."""
-        from vat_hf.evaluation.cache import item_hash
+        from vat_hf.evaluation.cache import cached_outputs
 
         started = time.perf_counter()
         check_item_ids(items)
         prompt_hash = self.prompt.fingerprint()
-        outputs: List[Optional[Dict]] = [None] * len(items)
         cache = self.cache
-        hashes = [item_hash(item) for item in items] if cache is not None else []
-        if cache is not None:
-            found = cache.lookup(hashes)
-            for i, h in enumerate(hashes):
-                if h in found:
-                    outputs[i] = found[h]
+        hashes, outputs = cached_outputs(cache, items)
         todo = [i for i, out in enumerate(outputs) if out is None]
         n_cached = len(items) - len(todo)
         bar = tqdm(total=len(items), initial=n_cached, desc=f"judging ({self.prompt.name})", unit="item",

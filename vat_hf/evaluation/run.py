@@ -162,18 +162,16 @@ class HFModelSource:
 def _cached_outputs(cache, items: Sequence[Mapping], mode: str) -> Optional[List[Dict]]:
     """Every item's outputs without a model (from the cache, or the refusal of an item with an
     empty scenario or action), or None when some item must be judged."""
-    from vat_hf.evaluation.cache import item_hash
+    from vat_hf.evaluation.cache import cached_outputs
     from vat_hf.evaluation.task import bad_item_reason, missing_outputs
 
-    hashes = [item_hash(item) for item in items]
-    found = cache.lookup(hashes)
     outputs = []
-    for item, h in zip(items, hashes):
+    for item, out in zip(items, cached_outputs(cache, items)[1]):
         reason = bad_item_reason(item)
         if reason:
             outputs.append(missing_outputs(reason, mode))
-        elif h in found:
-            outputs.append(found[h])
+        elif out is not None:
+            outputs.append(out)
         else:
             return None
     return outputs

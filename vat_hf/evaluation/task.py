@@ -388,17 +388,11 @@ def judge_cached(items: Sequence[Mapping], judge_some: Callable[[List[int]], Jud
 
     from tqdm.auto import tqdm
 
-    from vat_hf.evaluation.cache import item_hash
+    from vat_hf.evaluation.cache import cached_outputs
 
     started = time.perf_counter()
     check_item_ids(items)
-    outputs: List[Optional[Dict]] = [None] * len(items)
-    hashes = [item_hash(item) for item in items] if cache is not None else []
-    if cache is not None:
-        found = cache.lookup(hashes)
-        for i, h in enumerate(hashes):
-            if h in found:
-                outputs[i] = found[h]
+    hashes, outputs = cached_outputs(cache, items)
     n_cached = sum(out is not None for out in outputs)
     todo = []
     for i, item in enumerate(items):
