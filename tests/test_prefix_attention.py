@@ -15,12 +15,21 @@ from vat_hf.evaluation.prefix import (
     SHARED_PREFIX_ATTENTION,
     SharedPrefixAttentionError,
     SharedPrefixBatch,
+    attend_with_copied_prefix,
     attend_with_shared_prefix,
+    copy_the_prefix,
     attention_implementation,
     own_attention_mask,
 )
 
-from test_prefix_scene import assert_same_judgments, few_shot_prompt, full_encoding, max_diff, scene_items
+from test_prefix_scene import (
+    assert_same_judgments,
+    few_shot_prompt,
+    full_encoding,
+    max_diff,
+    record_attention_forms,
+    scene_items,
+)
 
 
 def mixed_items():
@@ -88,6 +97,19 @@ def test_split_attention_equals_attention_over_the_concatenated_keys():
                           want[real[:, None, :].expand(rows, heads, q)], atol=1e-5)
     assert torch.isfinite(got).all()  # pad queries included: no empty softmax row
 
+    # The copied form (one call over [prefix | own], the prefix seen by every query) is the same.
+    with_prefix = torch.cat([torch.zeros(rows, 1, groups * q, prefix_len), grouped], dim=-1)
+    copied = attend_with_copied_prefix(query, prefix_keys, prefix_values, keys, values, with_prefix, dim ** -0.5)
+    assert copied.shape == got.shape
+    assert torch.allclose(copied.transpose(1, 2)[real[:, None, :].expand(rows, heads, q)],
+                          want[real[:, None, :].expand(rows, heads, q)], atol=1e-5)
+
+
+def test_the_prefix_is_copied_only_when_it_is_short():
+    # Zero-shot SmolLM2: a 78-token question against about 45 own keys; 8 shots: about 1,000.
+    assert copy_the_prefix(78, 45) and not copy_the_prefix(1000, 45)
+    assert copy_the_prefix(90, 45) and not copy_the_prefix(91, 45)
+
 
 def test_rows_are_packed_without_padding_and_unpacked_left_padded():
     cache = type("Cache", (), {"layers": [type("Layer", (), {})()]})()
@@ -120,12 +142,16 @@ def test_the_model_gets_its_own_attention_back(sharp_models):
 
 # -- in the evaluator ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("form", ["split", "copied"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_shared_attention_equals_full_encoding(sharp_models, attention, monkeypatch):
-    """Mixed-scene, padded batches through the shared-prefix attention give the judgments of full
-    encoding with the model's own attention (sdpa or eager), and leave the model as it was."""
+def test_shared_attention_equals_full_encoding(sharp_models, attention, form, monkeypatch):
+    """Mixed-scene, padded batches through the shared-prefix attention, in either form (the prefix
+    read once and merged by log-sum-exp, or copied in front of each row's keys), give the judgments
+    of full encoding with the model's own attention (sdpa or eager), and leave the model as it was."""
     loaded = sharp_models[attention]
     calls = count_packed_passes(monkeypatch)
+    monkeypatch.setattr(prefix_module, "COPY_PREFIX_FACTOR", 0 if form == "split" else 10 ** 6)
+    forms = record_attention_forms(monkeypatch)
     prompt = few_shot_prompt(2)
     its = mixed_items()
     ev = Evaluator(loaded.model, loaded.tokenizer, prompt=prompt, max_batch_size=4, progress=False)
@@ -135,6 +161,8 @@ def test_shared_attention_equals_full_encoding(sharp_models, attention, monkeypa
     # Every layer of every pass but the checks' one full encoding went through it (the checks'
     # continuations, the scene pass, the item batches).
     assert calls["n"] == loaded.model.config.num_hidden_layers * (ev.stats.batches - 1)
+    taken = {"split": "attend_with_shared_prefix", "copied": "attend_with_copied_prefix"}[form]
+    assert forms == [taken] * calls["n"]
     assert loaded.model.config._attn_implementation == attention
     want = full_encoding(loaded, prompt, its)
     assert_same_judgments(got, want)
@@ -161,6 +189,7 @@ def test_the_check_falls_back_to_the_stitched_layout(sharp_models, monkeypatch, 
     unchanged judgments; both prefix levels stay on."""
     original = prefix_module.attend_with_shared_prefix
     monkeypatch.setattr(prefix_module, "attend_with_shared_prefix", lambda *a: original(*a) * 1.5)
+    monkeypatch.setattr(prefix_module, "COPY_PREFIX_FACTOR", 0)  # the split form, perturbed, in every pass
     loaded = sharp_models["sdpa"]
     prompt = few_shot_prompt(2)
     its = mixed_items()
@@ -237,10 +266,11 @@ def test_bfloat16_stays_within_bfloat16_rounding(tiny_model_dir, sharp_models):
 
 
 @pytest.mark.slow
-def test_embedded_model_few_shot_shared_attention_equals_full_encoding():
+def test_embedded_model_few_shot_shared_attention_equals_full_encoding(monkeypatch):
     """SmolLM2-135M-Instruct with a 2-shot prompt intervention (about 330 shared tokens) on
     built-in items of a few scenes: the shared-prefix attention gives the judgments of full
-    encoding with eager attention (a different attention code path from the one it replaces)."""
+    encoding with eager attention (a different attention code path from the one it replaces).
+    The prefix is long beside each row's own keys: it is read once and merged (the split form)."""
     from vat_hf.data import load_items
     from vat_hf.interventions import value_prompt
     from vat_hf.models import load_model
@@ -250,8 +280,10 @@ def test_embedded_model_few_shot_shared_attention_equals_full_encoding():
     test = [i for i in items if i.get("split") != "train"][:16]
     prompt = value_prompt("Benevolence", train, k_shots=2, seed=0)
     loaded = load_model(None, device="cpu", dtype="float32")
+    forms = record_attention_forms(monkeypatch)
     ev = Evaluator(loaded.model, loaded.tokenizer, prompt=prompt, max_batch_size=8, progress=False)
     got = ev.judge(test)
+    assert forms and set(forms) == {"attend_with_shared_prefix"}
     assert ev.prefix_attention == "shared" and ev.stats.prefix_tokens > 200
     assert ev.stats.n_scene_prefix >= len(test) // 2
     eager = load_model(None, device="cpu", dtype="float32", attn_implementation="eager")

@@ -43,6 +43,18 @@ def max_diff(a, b, key="probs"):
     return max(abs(x - y) for r, s in zip(a, b) for x, y in zip(r[key], s[key]))
 
 
+def record_attention_forms(monkeypatch):
+    """The names of the shared-prefix attention forms each layer of each packed pass takes (the
+    prefix read once and merged, or copied into the rows), in call order."""
+    from vat_hf.evaluation import prefix as prefix_module
+
+    forms = []
+    for name in ("attend_with_shared_prefix", "attend_with_copied_prefix"):
+        original = getattr(prefix_module, name)
+        monkeypatch.setattr(prefix_module, name, lambda *a, _f=original, _n=name: forms.append(_n) or _f(*a))
+    return forms
+
+
 def assert_same_judgments(got, want):
     assert [r["id"] for r in got] == [r["id"] for r in want]
     assert max_diff(got, want) < TOL
@@ -202,18 +214,21 @@ def test_scene_prefixes_in_multitoken_and_generate_modes(sharp_model):
 
 
 @pytest.mark.slow
-def test_embedded_model_scene_prefixes_equal_full_encoding():
+def test_embedded_model_scene_prefixes_equal_full_encoding(monkeypatch):
     """SmolLM2-135M-Instruct on built-in items (several items per scene), zero-shot: the two-level
-    prefix cache gives the judgments of full encoding."""
+    prefix cache gives the judgments of full encoding. The 78-token question is short beside each
+    row's own keys, so the shared-prefix attention copies it into the rows (one attention call)."""
     from vat_hf.data import load_items
     from vat_hf.models import load_model
 
+    forms = record_attention_forms(monkeypatch)
     loaded = load_model(None, device="cpu", dtype="float32")
     items = [i for i in load_items("builtin") if i.get("split") != "train"][:40]
     assert len({i["scenario"] for i in items}) < len(items) / 2
     ev = Evaluator(loaded.model, loaded.tokenizer, progress=False)
     got = ev.judge(items)
     assert ev.stats.n_scene_prefix >= len(items) // 2 and ev.prefix_attention == "shared"
+    assert forms and set(forms) == {"attend_with_copied_prefix"}
     want = Evaluator(loaded.model, loaded.tokenizer, prefix_reuse=False, progress=False).judge(items)
     assert [a["argmax"] for a in got] == [b["argmax"] for b in want]
     assert max_diff(got, want) < TOL
