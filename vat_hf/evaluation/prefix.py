@@ -528,6 +528,20 @@ class SharedPrefixBatch:
         return self._grouped[key]
 
 
+def _group_heads(query, kv_heads: int):
+    """(rows, heads, q, dim) -> (rows, kv_heads, groups * q, dim). Query heads h = kv * groups + j
+    share key/value head kv: stack them as rows (j, t) of it, so that grouped-query attention
+    needs no copies of the keys."""
+    rows, heads, q, dim = query.shape
+    return query.reshape(rows, kv_heads, (heads // kv_heads) * q, dim)
+
+
+def _ungroup_heads(out, heads: int, q: int):
+    """:func:`_group_heads`' layout back to (rows, q, heads, dim), transformers' sdpa output layout."""
+    rows, kv_heads, _, dim = out.shape
+    return out.reshape(rows, kv_heads, heads // kv_heads, q, dim).permute(0, 3, 1, 2, 4).reshape(rows, q, heads, dim)
+
+
 def attend_with_shared_prefix(query, prefix_keys, prefix_values, keys, values, mask, scale):
     """Attention of ``query`` (rows, heads, q, dim) over ``[prefix | own]`` keys, with the batch-1
     prefix (1, kv_heads, P, dim) read once for all rows and the rows' own keys (rows, kv_heads, S,
@@ -535,33 +549,27 @@ def attend_with_shared_prefix(query, prefix_keys, prefix_values, keys, values, m
     layout of transformers' sdpa attention output."""
     rows, heads, q, dim = query.shape
     kv_heads = keys.shape[1]
-    groups = heads // kv_heads
-    # Query heads h = kv * groups + j share key/value head kv: stack them as rows (j, t) of it, so
-    # that grouped-query attention needs no copies of the keys.
-    grouped = query.reshape(rows, kv_heads, groups * q, dim)
+    grouped = _group_heads(query, kv_heads)
     out_own, lse_own = _ATTENTION_WITH_LSE(grouped, keys, values, attn_mask=mask, scale=scale)
-    stacked = grouped.transpose(0, 1).reshape(1, kv_heads, rows * groups * q, dim)
+    stacked = grouped.transpose(0, 1).reshape(1, kv_heads, -1, dim)
     out_prefix, lse_prefix = _ATTENTION_WITH_LSE(stacked, prefix_keys, prefix_values, scale=scale)
-    out_prefix = out_prefix.reshape(kv_heads, rows, groups * q, dim).transpose(0, 1).float()
-    lse_prefix = lse_prefix.reshape(kv_heads, rows, groups * q).transpose(0, 1).float()
+    out_prefix = out_prefix.reshape(kv_heads, rows, -1, dim).transpose(0, 1).float()
+    lse_prefix = lse_prefix.reshape(kv_heads, rows, -1).transpose(0, 1).float()
     lse_own = lse_own.float()
     lse = torch.logaddexp(lse_prefix, lse_own)
     out = out_prefix * torch.exp(lse_prefix - lse)[..., None] + out_own.float() * torch.exp(lse_own - lse)[..., None]
-    return out.to(query.dtype).reshape(rows, kv_heads, groups, q, dim).permute(0, 3, 1, 2, 4).reshape(rows, q, heads, dim)
+    return _ungroup_heads(out.to(query.dtype), heads, q)
 
 
 def attend_with_copied_prefix(query, prefix_keys, prefix_values, keys, values, mask, scale):
     """:func:`attend_with_shared_prefix`'s result in one attention call: the prefix's keys/values
     copied in front of every row's own ones, ``mask`` (rows, 1, groups * q, prefix + S) seeing the
     whole prefix. Cheaper when the prefix is short (see :func:`copy_the_prefix`)."""
-    rows, heads, q, dim = query.shape
-    kv_heads = keys.shape[1]
-    groups = heads // kv_heads
-    grouped = query.reshape(rows, kv_heads, groups * q, dim)
+    rows, heads, q, _ = query.shape
     all_keys = torch.cat([prefix_keys.expand(rows, -1, -1, -1), keys], dim=-2)
     all_values = torch.cat([prefix_values.expand(rows, -1, -1, -1), values], dim=-2)
-    out, _ = _ATTENTION_WITH_LSE(grouped, all_keys, all_values, attn_mask=mask, scale=scale)
-    return out.reshape(rows, kv_heads, groups, q, dim).permute(0, 3, 1, 2, 4).reshape(rows, q, heads, dim)
+    out, _ = _ATTENTION_WITH_LSE(_group_heads(query, keys.shape[1]), all_keys, all_values, attn_mask=mask, scale=scale)
+    return _ungroup_heads(out, heads, q)
 
 
 COPY_PREFIX_FACTOR = 2
@@ -599,10 +607,8 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout: 
     groups = rows_query.shape[1] // key.shape[1]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     prefix_len = layer.prefix_keys.shape[-2]
-    if copy_the_prefix(prefix_len, key.shape[-2]):
-        mask = shared_prefix.grouped_mask(groups, prefix_len)
-        out = attend_with_copied_prefix(rows_query, layer.prefix_keys, layer.prefix_values, key, value, mask, scale)
-    else:
-        mask = shared_prefix.grouped_mask(groups)
-        out = attend_with_shared_prefix(rows_query, layer.prefix_keys, layer.prefix_values, key, value, mask, scale)
+    copied = copy_the_prefix(prefix_len, key.shape[-2])
+    attend = attend_with_copied_prefix if copied else attend_with_shared_prefix
+    mask = shared_prefix.grouped_mask(groups, prefix_len if copied else 0)
+    out = attend(rows_query, layer.prefix_keys, layer.prefix_values, key, value, mask, scale)
     return shared_prefix.pack(out), None
