@@ -204,11 +204,13 @@ def write_task(task_dir: Path, name: str, texts):
 
 
 # -- ours -------------------------------------------------------------------------------------------
-def run_ours(loaded, prompt, items, batch_size: int, max_batch_tokens: int, prefix_reuse, scene_reuse: bool = True):
+def run_ours(loaded, prompt, items, batch_size: int, max_batch_tokens: int, prefix_reuse, scene_reuse: bool = True,
+             linear_kernel: str = "auto"):
     from vat_hf.evaluation import Evaluator
 
     evaluator = Evaluator(loaded.model, loaded.tokenizer, prompt=prompt, max_batch_size=batch_size,
-                          max_batch_tokens=max_batch_tokens, progress=False, prefix_reuse=prefix_reuse)
+                          max_batch_tokens=max_batch_tokens, progress=False, prefix_reuse=prefix_reuse,
+                          linear_kernel=linear_kernel)
     if not scene_reuse and evaluator.shared_prefix() is not None:
         evaluator.shared_prefix().scene_reuse = False  # the question-level prefix only (as before issue 16)
     start, cpu = time.perf_counter(), time.process_time()
@@ -294,7 +296,8 @@ def main(argv=None):
             harness = None
             if not args.skip_lmeval:
                 harness = Harness(args.lmeval_python, model_dir, Path(tmp), task, lmeval_batch, args.threads)
-            runs = {"ours": [], "ours_root_only": [], "ours_no_prefix_reuse": [], "bare_loop": [], "lmeval": []}
+            runs = {"ours": [], "ours_torch_linear": [], "ours_root_only": [], "ours_no_prefix_reuse": [],
+                    "bare_loop": [], "lmeval": []}
             logliks = version = None
 
             def summary():
@@ -305,6 +308,7 @@ def main(argv=None):
                            "shared_prefix_tokens": stats["prefix_tokens"], "items_with_prefix_reuse": stats["n_prefix"],
                            "items_with_scene_prefix": stats.get("n_scene_prefix"),
                            "scene_prefixes": stats.get("scene_prefixes"), "tokens_read": stats["tokens_read"],
+                           "linear_kernel": stats.get("linear_kernel"),
                            "load_average": os.getloadavg(),
                            "rounds": len(runs["ours"]), "runs": runs,
                            "items_per_s": {k: n / v["seconds"] for k, v in median.items()},
@@ -334,6 +338,9 @@ def main(argv=None):
                         out = harness.run()
                         runs["lmeval"].append(out["run"])
                         logliks, version = out["logliks"], out["version"]
+                    # Ours with torch's own (MKL) linear kernel: what the kernel choice is worth here.
+                    runs["ours_torch_linear"].append(run_ours(loaded, prompt, items, args.batch_size,
+                                                              args.max_batch_tokens, "auto", linear_kernel="torch")[1])
                     if args.root_only:
                         runs["ours_root_only"].append(run_ours(loaded, prompt, items, args.batch_size,
                                                                args.max_batch_tokens, "auto", scene_reuse=False)[1])

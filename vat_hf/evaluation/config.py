@@ -73,6 +73,10 @@ class EvalConfig:
     prefix_reuse: Literal["auto", "true", "false"] = field(
         default="auto", metadata=_help("Reuse the shared prompt prefix's key/value cache: auto (when it is at least "
                                        "16 tokens, after a one-time check), true or false."))
+    linear_kernel: Literal["auto", "onednn", "torch"] = field(
+        default="auto", metadata=_help("CPU kernel of the float32 linear layers (backend hf): auto (oneDNN where a "
+                                       "one-time timing finds it clearly faster than torch's MKL kernel), onednn or "
+                                       "torch. Both compute the same products up to float32 rounding."))
     max_batch_tokens: Annotated[int, Ge(1)] = field(
         default=8192, metadata=_help("Token budget of one batch (padded length x rows)."))
     max_batch_size: Annotated[int, Ge(1)] = field(default=64, metadata=_help("Most rows in one batch."))

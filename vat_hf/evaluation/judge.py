@@ -47,6 +47,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 from tqdm.auto import tqdm
 
+from vat_hf.evaluation.linear_kernel import LINEAR_KERNELS, choose_linear_kernel, linears_on
 from vat_hf.evaluation.prefix import (
     DUMMY_ITEMS,
     SHARED_PREFIX_ATTENTION,
@@ -165,7 +166,8 @@ class Evaluator:
     override the cache's automatic fingerprints of the adapter and the model. ``cache``: a
     ready :class:`~vat_hf.evaluation.cache.JudgmentCache` instead (an evaluation run builds it
     from the files on disk before any model is loaded; its prompt and scoring fingerprints must
-    be this evaluator's).
+    be this evaluator's). ``linear_kernel``: which CPU kernel runs the float32 linear layers
+    (:mod:`vat_hf.evaluation.linear_kernel`; ``"auto"`` times MKL against oneDNN once).
     """
 
     def __init__(
@@ -187,6 +189,7 @@ class Evaluator:
         model_id: Optional[str] = None,
         adapter_id: Optional[str] = None,
         cache=None,
+        linear_kernel: str = "auto",
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -196,6 +199,10 @@ class Evaluator:
         self.progress = progress
         if truncation not in TRUNCATION_RULES:
             raise ValueError(f"truncation {truncation!r} is not one of {TRUNCATION_RULES}")
+        if linear_kernel not in LINEAR_KERNELS:
+            raise ValueError(f"linear_kernel {linear_kernel!r} is not one of {LINEAR_KERNELS}")
+        self.linear_kernel = linear_kernel
+        self._linear_choice: Optional[Dict] = None
         if prefix_reuse not in ("auto", True, False):
             raise ValueError(f"prefix_reuse {prefix_reuse!r} is not 'auto', True or False")
         self.mode, self.option_ids = resolve_mode(tokenizer, mode)
@@ -558,11 +565,24 @@ class Evaluator:
     def _bad_item(item: Mapping) -> Optional[str]:
         return bad_item_reason(item)
 
+    def linear_kernel_choice(self) -> Dict:
+        """The CPU kernel of the float32 linear layers (decided once, on first use; in
+        ``stats.linear_kernel``)."""
+        if self._linear_choice is None:
+            self._linear_choice = choose_linear_kernel(self.model, self.linear_kernel)
+            self.stats.linear_kernel = self._linear_choice["kernel"]
+        return self._linear_choice
+
     def iter_outputs(self, items: Sequence[Mapping], indices: Optional[Sequence[int]] = None
                      ) -> Iterator[Tuple[List[Tuple[int, Dict]], bool]]:
         """Yield ``([(index, outputs), ...], computed)`` batch by batch for ``indices`` of
         ``items`` (all by default): first the refused items (``computed=False``), then each scored
         batch (``computed=True``), not in input order. No cache involved."""
+        with linears_on(self.model, self.linear_kernel_choice()["kernel"]):
+            yield from self._iter_outputs(items, indices)
+
+    def _iter_outputs(self, items: Sequence[Mapping], indices: Optional[Sequence[int]]
+                      ) -> Iterator[Tuple[List[Tuple[int, Dict]], bool]]:
         indices = list(range(len(items))) if indices is None else list(indices)
         bad = {i: self._bad_item(items[i]) for i in indices}
         refused = [(i, missing_outputs(reason, self.mode)) for i, reason in bad.items() if reason]

@@ -226,7 +226,7 @@ def _judge_hf(source: HFModelSource, config: EvalConfig, items: Sequence[Mapping
                               max_batch_size=config.max_batch_size, progress=progress, mode=config.mode,
                               prefix_reuse=config.prefix_reuse_flag, max_length=config.max_length,
                               truncation=config.truncation, max_new_tokens=config.max_new_tokens, cache=cache,
-                              cache_rank=rank)
+                              cache_rank=rank, linear_kernel=config.linear_kernel)
         records = evaluator.judge(items)
         return records, evaluator.stats, fingerprints, evaluator.mode, evaluator.template
 

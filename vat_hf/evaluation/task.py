@@ -296,6 +296,7 @@ class JudgeStats:
     tokens_read: int = 0
     seconds: float = 0.0
     batches: int = 0
+    linear_kernel: str = ""  # the float32 linear layers' CPU kernel, "onednn" or "torch" (empty: not decided)
 
     def to_dict(self) -> Dict[str, Any]:
         return dict(self.__dict__)
