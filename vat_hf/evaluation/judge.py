@@ -47,7 +47,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 from tqdm.auto import tqdm
 
-from vat_hf.evaluation.linear_kernel import LINEAR_KERNELS, choose_linear_kernel, linears_on
+from vat_hf.evaluation.linear_kernel import check_linear_kernel, choose_linear_kernel, linears_on
 from vat_hf.evaluation.prefix import (
     DUMMY_ITEMS,
     SHARED_PREFIX_ATTENTION,
@@ -199,9 +199,7 @@ class Evaluator:
         self.progress = progress
         if truncation not in TRUNCATION_RULES:
             raise ValueError(f"truncation {truncation!r} is not one of {TRUNCATION_RULES}")
-        if linear_kernel not in LINEAR_KERNELS:
-            raise ValueError(f"linear_kernel {linear_kernel!r} is not one of {LINEAR_KERNELS}")
-        self.linear_kernel = linear_kernel
+        self.linear_kernel = check_linear_kernel(linear_kernel)
         self._linear_choice: Optional[Dict] = None
         if prefix_reuse not in ("auto", True, False):
             raise ValueError(f"prefix_reuse {prefix_reuse!r} is not 'auto', True or False")

@@ -34,6 +34,13 @@ float32 rounding of a reordered sum is about 1e-6; anything near 1e-3 would be r
 _ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 
+def check_linear_kernel(value: str) -> str:
+    """``value`` if it is one of :data:`LINEAR_KERNELS`, else a ValueError naming them."""
+    if value not in LINEAR_KERNELS:
+        raise ValueError(f"linear_kernel {value!r} is not one of {LINEAR_KERNELS}")
+    return value
+
+
 def onednn_available() -> bool:
     """Whether this torch has oneDNN's CPU linear operator (the one inductor uses on CPU)."""
     return _ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available()
@@ -78,9 +85,7 @@ def compare_kernels(layer: torch.nn.Linear, rows: int = 256, seed: int = 0) -> d
 def choose_linear_kernel(model, requested: str = "auto") -> dict:
     """The kernel for ``model``'s float32 CPU linears: ``{"kernel": "onednn" | "torch", "reason":
     ...}`` plus the timing of :func:`compare_kernels` where it ran."""
-    if requested not in LINEAR_KERNELS:
-        raise ValueError(f"linear_kernel {requested!r} is not one of {LINEAR_KERNELS}")
-    if requested == "torch":
+    if check_linear_kernel(requested) == "torch":
         return {"kernel": "torch", "reason": "requested"}
     layers = cpu_float32_linears(model)
     if not layers:
