@@ -6,7 +6,7 @@ than on others: on a 2-core AMD EPYC with AVX-512 (2026-12-02) MKL ran SmolLM2's
 at 76-91 GFLOP/s and oneDNN, which PyTorch also ships and which vLLM's CPU backend uses for the
 same reason, at 150-210 GFLOP/s; on an Intel Xeon MKL runs near the core's peak. So the
 evaluator does not assume: with ``linear_kernel="auto"`` it times both kernels once on the
-model's largest layer shape and routes the layers through oneDNN only where that is clearly
+model's commonest layer shape and routes the layers through oneDNN only where that is clearly
 faster and gives the same products up to float32 rounding. Both compute the same float32
 products in another order (relative differences about 1e-6, like a change of batch shape).
 """
@@ -53,8 +53,10 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
 
 def cpu_float32_linears(model) -> List[torch.nn.Linear]:
     """The plain ``nn.Linear`` layers of ``model`` with float32 weights on the CPU (inside PEFT
-    adapters too: a LoRA layer's base layer and its A/B matrices are plain linears)."""
-    return [m for m in model.modules() if type(m) is torch.nn.Linear
+    adapters too: a LoRA layer's base layer and its A/B matrices are plain linears) that
+    :func:`linears_on` can route: not those that already carry their own instance ``forward``
+    (accelerate's hooks), so that the kernel chosen for a model is the one its layers run."""
+    return [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in m.__dict__
             and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32 and m.weight.layout == torch.strided]
 
 
@@ -128,9 +130,8 @@ def linears_on(model, kernel: str):
 
     try:
         for layer in cpu_float32_linears(model):
-            if "forward" not in layer.__dict__:
-                layer.forward = routed(layer)
-                patched.append(layer)
+            layer.forward = routed(layer)
+            patched.append(layer)
         yield
     finally:
         for layer in patched:
