@@ -69,7 +69,8 @@ bench-data: $(STAMP)
 # The long ones (minutes to tens of minutes on a 2-core CPU), not part of `make bench`:
 # our evaluator against lm-evaluation-harness 0.4.13 (its own environment, bench/.venv-lmeval),
 # and our training entry points against TRL's own scripts.
-# The headline settings of issue 16 (1 torch thread each side, medians of 3 alternating rounds):
+# The headline settings of issue 16 (1 torch thread each side, one untimed warm-up round, then
+# medians of 3 alternating rounds):
 # zero-shot on 160 items and 8-shot on 48, each with items spread over the corpus (about 1.8 per
 # scene) and with whole groups of items per scene (10 or 8, as a real evaluation has 110).
 BENCH_EVAL := HF_HUB_OFFLINE=1 $(PY) bench/bench_eval_vs_lmeval.py --root-only

@@ -18,8 +18,9 @@ items/s is timed around its evaluation call only (model loading excluded on both
 core ``loglikelihood`` time is reported too. Ours is timed around ``Evaluator.judge`` (prompt
 rendering, tokenisation, batching, forward passes, records). Timings on a shared machine are
 noisy: rounds alternate between the two (the harness stays loaded in its subprocess between
-rounds), the median of ``--repeats`` rounds is reported, and both wall-clock and CPU-time rates are
-reported. With ``--threads 1`` (the default here) CPU time is the work each side does, which
+rounds), the median of ``--repeats`` rounds is reported after ``--warmup`` untimed rounds of each side
+(the harness's first evaluation runs slower than its later ones), and both wall-clock and CPU-time rates
+are reported. With ``--threads 1`` (the default here) CPU time is the work each side does, which
 other processes on the machine hardly change; the wall-clock ratio is the one a user sees.
 """
 
@@ -253,6 +254,7 @@ def main(argv=None):
                              "is about 15 GB, so use e.g. --lmeval-batch-size 32 8 on a small machine")
     parser.add_argument("--max-batch-tokens", type=int, default=8192, help="our token budget (suffix tokens with a cached prefix)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds; the median of each side is reported")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds of both sides before the timed ones")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", 0)) or 1,
                         help="torch threads on both sides (1: CPU time measures work, immune to oversubscription)")
     parser.add_argument("--lmeval-python", type=Path, default=LMEVAL_PYTHON)
@@ -284,7 +286,7 @@ def main(argv=None):
               "model": "SmolLM2-135M-Instruct (embedded default), float32, CPU", "n_items": len(items),
               "per_scene": args.per_scene, "n_scenes": len({i["scene_id"] for i in items}),
               "load_average_at_start": os.getloadavg(),
-              "batch_size": args.batch_size, "settings": []}
+              "batch_size": args.batch_size, "warmup_rounds": args.warmup, "settings": []}
     with tempfile.TemporaryDirectory() as tmp:
         for setting_index, shots in enumerate(args.shots):
             lmeval_batch = args.lmeval_batch_size[setting_index] if args.lmeval_batch_size else args.batch_size
@@ -331,6 +333,13 @@ def main(argv=None):
                 # Rounds alternate between the two (and the extra references), so that load from
                 # other work on a shared machine falls on both; the median round of each is reported.
                 # The report is rewritten after every round, so a killed run keeps what it measured.
+                # Untimed warm-up rounds of both sides first: the harness's first evaluation of a
+                # task ran 15-25% slower than its later ones (its loglikelihood time itself, on an
+                # Intel Xeon, 2026-12-02), and our side had only an 8-item warm-up.
+                for _ in range(args.warmup):
+                    run_ours(loaded, prompt, items, args.batch_size, args.max_batch_tokens, "auto")
+                    if harness is not None:
+                        harness.run()
                 for _ in range(args.repeats):
                     records, timing, stats = run_ours(loaded, prompt, items, args.batch_size, args.max_batch_tokens, "auto")
                     runs["ours"].append(timing)
