@@ -334,7 +334,7 @@ def main(argv=None):
                 # other work on a shared machine falls on both; the median round of each is reported.
                 # The report is rewritten after every round, so a killed run keeps what it measured.
                 # Untimed warm-up rounds of both sides first: the harness's first evaluation of a
-                # task ran 15-25% slower than its later ones (its loglikelihood time itself, on an
+                # task ran 18-29% slower than its later ones (its loglikelihood time itself, on an
                 # Intel Xeon, 2026-12-02), and our side had only an 8-item warm-up.
                 for _ in range(args.warmup):
                     run_ours(loaded, prompt, items, args.batch_size, args.max_batch_tokens, "auto")
