@@ -313,7 +313,7 @@ def test_killed_run_resumes_recomputing_only_missing_items(tiny_model, tiny_mode
     # each prefix level: the root and its scene's) and one row per scene prefix run.
     stats = resumed_ev.stats
     assert stats.n_prefix and stats.n_scene_prefix  # these items share scenarios: both levels are in play
-    assert counted["rows"] == 8 + 3 + stats.scene_prefixes
+    assert counted["rows"] == 8 + 3 + stats.scene_prefixes + stats.stem_prefixes
     uninterrupted = Evaluator(tiny_model.model, tiny_model.tokenizer, max_batch_size=2, progress=False).judge(its)
     assert [r["id"] for r in resumed] == [r["id"] for r in uninterrupted]
     assert max_diff(resumed, uninterrupted) < 1e-5

@@ -69,8 +69,9 @@ def test_scene_prefixes_equal_full_encoding_and_read_fewer_tokens(sharp_model):
     ev = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=prompt, max_batch_size=4, progress=False)
     got = ev.judge(its)
     assert ev.stats.n_prefix == len(its) and ev.stats.n_scene_prefix == len(its)
-    # Four scenes; the check item's scene (and the root) come from the check's full encoding.
-    assert ev.stats.scene_prefixes == 3 and ev.stats.scene_tokens > 3 * 10
+    # Four scenes, all run by the scene pass (the root comes from the check's full encoding), below
+    # one stem: "I live in country" is the common start of every scenario.
+    assert ev.stats.scene_prefixes == 4 and ev.stats.stem_prefixes == 1 and ev.stats.scene_tokens > 3 * 10
     root_only = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=prompt, max_batch_size=4, progress=False)
     root_only.shared_prefix().scene_reuse = False
     baseline = root_only.judge(its)
@@ -83,6 +84,34 @@ def test_scene_prefixes_equal_full_encoding_and_read_fewer_tokens(sharp_model):
     assert_same_judgments(baseline, want)
     # The distributions differ between items (and scenes), so the comparison is not vacuous.
     assert max_diff(want[:1] * len(want), want) > 1e-3
+
+
+def test_stems_run_the_scenes_common_tokens_once(sharp_model, monkeypatch):
+    """Scenes that open alike (here "I live in country ..."): the scene pass runs their common
+    tokens once, as a stem, and each scene only its tokens past it; judgments stay those of full
+    encoding, in the shared and the stitched layouts."""
+    prompt = few_shot_prompt(1)
+    its = scene_items(5, 2)
+    want = full_encoding(sharp_model, prompt, its)
+    runs = {}
+    for layout in ("shared", "stitched"):
+        ev = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=prompt, max_batch_size=4, progress=False)
+        if layout == "stitched":
+            ev._shared_attention = False
+        got = ev.judge(its)
+        assert ev.prefix_attention == layout and ev.stats.n_scene_prefix == len(its)
+        assert ev.stats.stem_prefixes == 1 and ev.stats.scene_prefixes == 5
+        assert_same_judgments(got, want)
+        runs[layout] = ev.stats.scene_tokens
+    monkeypatch.setattr(judge_module, "scene_stems", lambda *args: [])
+    without = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=prompt, max_batch_size=4, progress=False)
+    assert_same_judgments(without.judge(its), want)
+    assert without.stats.stem_prefixes == 0
+    root = without.shared_prefix()
+    stem_tokens = common_prefix_length(without.encode(its)) - len(root)
+    assert stem_tokens >= 4
+    # The stem's tokens are run once instead of once per scene.
+    assert runs["shared"] == runs["stitched"] == without.stats.scene_tokens - 4 * stem_tokens
 
 
 def test_a_scene_prefix_is_the_prompt_up_to_the_action(sharp_model):

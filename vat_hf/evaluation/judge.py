@@ -63,6 +63,7 @@ from vat_hf.evaluation.prefix import (
     output_cache,
     prefix_batch,
     scene_dummies,
+    scene_stems,
     shared_attention_supported,
     supports_scene_prefixes,
     unwrap_model,
@@ -319,23 +320,37 @@ class Evaluator:
             node = nodes.setdefault(ids, PrefixCache(ids, parent=root))
             for r in members:
                 r.scene = node
+        scene_stems(root, list(nodes.values()), self.min_scene_tokens)
 
     def _run_scene_prefixes(self, root: PrefixCache, requests: Sequence[_Request]) -> None:
-        """Run every scene prefix the requests continue from (its tokens below the root, batched
-        like items) and keep each one's own keys/values."""
-        nodes = list({id(r.scene): r.scene for r in requests if r.scene is not None and r.scene.own is None}.values())
-        if not nodes:
-            return
-        lengths = [n.own_length for n in nodes]
-        for batch in token_budget_batches(lengths, self.max_batch_tokens, self.max_batch_size):
-            chunk = [nodes[i] for i in batch]
-            pseudo = [_Request(index=-1, ids=n.ids, use_prefix=True) for n in chunk]
-            with torch.inference_mode():
-                _, (cache, _, _) = self._forward(pseudo, use_prefix=True, want_cache=True)
-            for row, node in enumerate(chunk):
-                keep_own(node, cache, row)
-            self.stats.scene_prefixes += len(chunk)
-            self.stats.scene_tokens += sum(n.own_length for n in chunk)
+        """Run every scene prefix the requests continue from, and the stems above them (each one's
+        tokens below its stem, or below the root, batched like items), stems first, and keep each
+        one's own keys/values."""
+        pending: Dict[int, PrefixCache] = {}
+        for r in requests:
+            node = r.scene
+            while node is not None and node.own is None and id(node) not in pending:
+                pending[id(node)] = node
+                node = node.stem
+        scenes = {id(r.scene) for r in requests if r.scene is not None}
+        while pending:
+            # A round: the nodes whose stem (if any) has its keys; their tokens past it, batched.
+            ready = [n for n in pending.values() if n.stem is None or n.stem.own is not None]
+            lengths = [len(n) - len(n.stem or root) for n in ready]
+            for batch in token_budget_batches(lengths, self.max_batch_tokens, self.max_batch_size):
+                chunk = [ready[i] for i in batch]
+                pseudo = [_Request(index=-1, ids=n.ids, use_prefix=True, scene=n.stem) for n in chunk]
+                with torch.inference_mode():
+                    _, (cache, _, _) = self._forward(pseudo, use_prefix=True, want_cache=True)
+                for row, node in enumerate(chunk):
+                    keep_own(node, cache, row)
+                    del pending[id(node)]
+                    if id(node) in scenes:
+                        self.stats.scene_prefixes += 1
+                    else:
+                        self.stats.stem_prefixes += 1
+                self.stats.scene_tokens += sum(lengths[i] for i in batch)
+                del cache
 
     # -- requests -----------------------------------------------------------------------------
     def _limit(self, conts_len: int = 0) -> Optional[int]:
@@ -590,15 +605,17 @@ class Evaluator:
             yield refused, False
         # Each level is checked once, on the shortest item that uses it (the cheapest full
         # encoding); both levels are checked on the same item when they can be, so that one full
-        # encoding serves both.
-        scene_first = min((r for r in requests if r.scene is not None), key=lambda r: len(r.ids), default=None)
+        # encoding serves both. The scene level's item is taken below a stem when there is one, so
+        # that its check covers a scene computed from its stem.
+        scene_first = min((r for r in requests if r.scene is not None),
+                          key=lambda r: (r.scene.stem is None, len(r.ids)), default=None)
         full = None
         if not self._prefix_checked:
             first = scene_first or min((r for r in requests if r.use_prefix), key=lambda r: len(r.ids), default=None)
             if first is not None:
                 with torch.inference_mode():
                     full, (cache, _, _) = self._forward([first], use_prefix=False, want_cache=True)
-                adopt_prefixes(self._prefix, first.scene, cache)
+                adopt_prefixes(self._prefix, cache)
                 del cache
                 if not self._check_prefix(replace(first, scene=None), full):
                     self.prefix_reuse = False

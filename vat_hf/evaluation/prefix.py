@@ -27,6 +27,18 @@ its own tokens]``, the pads masked and positions continuing from the row's real 
 so every row still sees exactly what its full encoding would. Each level is checked once against
 full encoding before it is used.
 
+Scenes share tokens too: every scenario of the ValueActionLens corpus opens with "I live in
+<country>, and I am facing a situation related to <domain>", so scenes of one country share a dozen
+tokens below the root. The scene pass runs those once: the scene prefixes' ids form a radix tree
+(:func:`scene_stems`), each inner node (a **stem**, the common token prefix of several scenes) is
+run like a scene, and a scene below a stem runs only its tokens past the stem, its own keys being
+the stem's own followed by its new ones (:func:`keep_own`). Items still continue from their scene,
+so item batches are the same; on 160 corpus items from 87 scenes the stems cut the tokens run below
+the root by 15%. A causal model's keys at a position depend only on the tokens up to it, so a
+stem's keys are the same in every scene below it, and the stem pass is the same batch layout as
+items continuing from a scene (``[root | pads | part | pads | new]``), which the scene level's check
+covers (the check item is chosen below a stem when there is one).
+
 Two batch layouts serve those rows. **Stitched** (any device, every scoring mode): each layer's
 keys are ``[root | scene part | new]`` per row, the root a batch view concatenated into every row.
 **Shared** (CPU, single-token scoring): the rows' own tokens are packed into one sequence (the
@@ -210,6 +222,8 @@ class PrefixCache:
         self.parent = parent
         self._cache = None
         self.own: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
+        # Below the root: the stem the scene pass continues from to compute ``own`` (None: the root).
+        self.stem: Optional["PrefixCache"] = None
         # Root only: whether scene prefixes below it are used, and whether their one-time check
         # against full encoding has run (the root's own check is the evaluator's).
         self.scene_reuse = True
@@ -255,35 +269,87 @@ def supports_scene_prefixes(cache) -> bool:
     return DynamicLayer is not None and bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
-def adopt_prefixes(root: PrefixCache, scene: Optional[PrefixCache], cache) -> None:
-    """Take the root's cache (and ``scene``'s own keys/values) from the batch-1 cache of a full
-    encoding of an item that starts with them: a causal model's keys at a position depend only on
-    the tokens before it, so the first ``len(root)`` positions of that cache are the root's cache.
-    The one-time check encodes an item in full anyway; this spares running the root (about 1,000
-    tokens with 8 shots) a second time. Plain per-layer caches only (else nothing is taken)."""
-    if not supports_scene_prefixes(cache):
+def adopt_prefixes(root: PrefixCache, cache) -> None:
+    """Take the root's cache from the batch-1 cache of a full encoding of an item that starts with
+    it: a causal model's keys at a position depend only on the tokens before it, so the first
+    ``len(root)`` positions of that cache are the root's cache. The one-time check encodes an item
+    in full anyway; this spares running the root (about 1,000 tokens with 8 shots) a second time.
+    (The item's scene is not taken: it is computed by the scene pass, which the scene level's check
+    then covers.) Plain per-layer caches only (else nothing is taken)."""
+    if not supports_scene_prefixes(cache) or root._cache is not None:
         return
     n = len(root)
-    if root._cache is None:
-        adopted = copy.copy(cache)
-        adopted.layers = []
-        for layer in cache.layers:
-            clone = copy.copy(layer)
-            clone.keys, clone.values = layer.keys[..., :n, :].clone(), layer.values[..., :n, :].clone()
-            adopted.layers.append(clone)
-        root._cache = adopted
-    if scene is not None and scene.own is None:
-        scene.own = [(layer.keys[..., n:len(scene), :].clone(), layer.values[..., n:len(scene), :].clone())
-                     for layer in cache.layers]
+    adopted = copy.copy(cache)
+    adopted.layers = []
+    for layer in cache.layers:
+        clone = copy.copy(layer)
+        clone.keys, clone.values = layer.keys[..., :n, :].clone(), layer.values[..., :n, :].clone()
+        adopted.layers.append(clone)
+    root._cache = adopted
+
+
+def scene_stems(root: PrefixCache, nodes: Sequence[PrefixCache], min_tokens: int) -> List[PrefixCache]:
+    """Set each node's :attr:`PrefixCache.stem` from the radix tree of the nodes' token ids below
+    the root, and return the stems it creates (new nodes, to run before the nodes below them).
+
+    A stem is the longest common token prefix of two or more nodes that branch after it, made
+    only where it adds at least ``min_tokens`` below its own stem (a shorter one costs a pass for
+    little); a node whose ids are such a common prefix serves as the stem itself. The nodes' ids
+    must be distinct and start with the root's.
+
+    >>> root = PrefixCache([0])
+    >>> def nodes():
+    ...     return [PrefixCache(ids, parent=root) for ids in
+    ...             ([0, 1, 2, 3, 4, 5, 9], [0, 1, 2, 3, 4, 6], [0, 1, 2, 3, 7, 8], [0, 3, 1, 1, 1])]
+    >>> a, b, c, d = nodes()
+    >>> [s.ids for s in scene_stems(root, [a, b, c, d], min_tokens=2)]
+    [[0, 1, 2, 3]]
+    >>> a.stem is b.stem is c.stem, a.stem.ids, d.stem is None
+    (True, [0, 1, 2, 3], True)
+    >>> a, b, c, d = nodes()  # with one token enough, [0, 1, 2, 3, 4] is a stem below that one
+    >>> stems = scene_stems(root, [a, b, c, d], min_tokens=1)
+    >>> [s.ids for s in stems], a.stem is b.stem is stems[1], stems[1].stem is stems[0] is c.stem
+    ([[0, 1, 2, 3], [0, 1, 2, 3, 4]], True, True)
+    """
+    stems: List[PrefixCache] = []
+
+    def branch(group: Sequence[PrefixCache], start: int, stem: Optional[PrefixCache]) -> None:
+        by_token: Dict[int, List[PrefixCache]] = {}
+        for node in group:
+            by_token.setdefault(node.ids[start], []).append(node)
+        for members in by_token.values():
+            if len(members) == 1:
+                members[0].stem = stem
+                continue
+            end = common_prefix_length([m.ids for m in members])
+            exact = [m for m in members if len(m) == end]
+            if exact:  # one node is the others' common prefix: it is their stem
+                exact[0].stem = stem
+                branch([m for m in members if m is not exact[0]], end, exact[0])
+            elif end - len(stem if stem is not None else root) >= min_tokens:
+                inner = PrefixCache(members[0].ids[:end], parent=root)
+                inner.stem = stem
+                stems.append(inner)
+                branch(members, end, inner)
+            else:
+                branch(members, end, stem)
+
+    branch(list(nodes), len(root), None)
+    return stems
 
 
 def keep_own(node: PrefixCache, cache, row: int) -> None:
-    """Store ``node``'s own keys/values from row ``row`` of a scene pass's output ``cache``, whose
-    layers end with the row's left-padded tokens (``[root | pads | tokens]`` stitched, or ``[pads |
-    tokens]`` below a shared root, :class:`SharedPrefixLayer`)."""
-    n = node.own_length
-    node.own = [(layer.keys[row:row + 1, :, -n:].clone(), layer.values[row:row + 1, :, -n:].clone())
-                for layer in cache.layers]
+    """Store ``node``'s own keys/values (all its tokens below the root) from row ``row`` of a scene
+    pass's output ``cache``, whose layers end with the row's left-padded new tokens (``[root | pads
+    | stem part | pads | tokens]`` stitched, or ``[pads | stem part | pads | tokens]`` below a
+    shared root, :class:`SharedPrefixLayer`): the stem's own keys, if any, then the new ones."""
+    below = node.stem if node.stem is not None else node.parent
+    n = len(node) - len(below)
+    new = [(layer.keys[row:row + 1, :, -n:].clone(), layer.values[row:row + 1, :, -n:].clone())
+           for layer in cache.layers]
+    if node.stem is not None:
+        new = [(torch.cat([sk, k], dim=-2), torch.cat([sv, v], dim=-2)) for (sk, sv), (k, v) in zip(node.stem.own, new)]
+    node.own = new
 
 
 def _scene_parts(root_cache, nodes: Sequence[PrefixCache], lengths: Sequence[int], width: int):

@@ -291,8 +291,9 @@ class JudgeStats:
     n_prefix: int = 0
     prefix_tokens: int = 0
     n_scene_prefix: int = 0  # items that continued from their scene's prefix
-    scene_prefixes: int = 0  # scene prefixes run (each once, against the root)
-    scene_tokens: int = 0  # tokens in those scene prefixes below the root
+    scene_prefixes: int = 0  # scene prefixes run (each once, against the root or a stem)
+    stem_prefixes: int = 0  # stems run: common token prefixes of several scenes, each once
+    scene_tokens: int = 0  # tokens run by the scene pass (scenes and stems, each past its stem or the root)
     tokens_read: int = 0
     seconds: float = 0.0
     batches: int = 0
