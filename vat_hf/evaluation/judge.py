@@ -322,7 +322,7 @@ class Evaluator:
                 r.scene = node
         scene_stems(root, list(nodes.values()), self.min_scene_tokens)
 
-    def _run_scene_prefixes(self, root: PrefixCache, requests: Sequence[_Request]) -> None:
+    def _run_scene_prefixes(self, requests: Sequence[_Request]) -> None:
         """Run every scene prefix the requests continue from, and the stems above them (each one's
         tokens below its stem, or below the root, batched like items), stems first, and keep each
         one's own keys/values."""
@@ -336,7 +336,7 @@ class Evaluator:
         while pending:
             # A round: the nodes whose stem (if any) has its keys; their tokens past it, batched.
             ready = [n for n in pending.values() if n.stem is None or n.stem.own is not None]
-            lengths = [len(n) - len(n.stem or root) for n in ready]
+            lengths = [n.new_length for n in ready]
             for batch in token_budget_batches(lengths, self.max_batch_tokens, self.max_batch_size):
                 chunk = [ready[i] for i in batch]
                 pseudo = [_Request(index=-1, ids=n.ids, use_prefix=True, scene=n.stem) for n in chunk]
@@ -628,13 +628,13 @@ class Evaluator:
             if not supports_scene_prefixes(root.cache(self.model, self.device)):
                 root.scene_reuse = False
             elif not root.scene_checked:
-                self._run_scene_prefixes(root, [scene_first])
+                self._run_scene_prefixes([scene_first])
                 root.scene_reuse = self._check_prefix(scene_first, full)
                 root.scene_checked = True
             if not root.scene_reuse:
                 for r in requests:
                     r.scene = None
-            self._run_scene_prefixes(root, requests)
+            self._run_scene_prefixes(requests)
         prefix_len = len(self._prefix) if self._prefix is not None else 0
         groups = [[r for r in requests if r.use_prefix], [r for r in requests if not r.use_prefix]]
         self.stats.n_prefix += len(groups[0])

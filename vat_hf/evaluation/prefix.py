@@ -33,8 +33,8 @@ tokens below the root. The scene pass runs those once: the scene prefixes' ids f
 (:func:`scene_stems`), each inner node (a **stem**, the common token prefix of several scenes) is
 run like a scene, and a scene below a stem runs only its tokens past the stem, its own keys being
 the stem's own followed by its new ones (:func:`keep_own`). Items still continue from their scene,
-so item batches are the same; on 160 corpus items from 87 scenes the stems cut the tokens run below
-the root by 15%. A causal model's keys at a position depend only on the tokens up to it, so a
+so item batches are the same; on 160 corpus items from 87 scenes the scene pass ran 611 tokens
+instead of 1,438, and the whole judging read 11% fewer tokens. A causal model's keys at a position depend only on the tokens up to it, so a
 stem's keys are the same in every scene below it, and the stem pass is the same batch layout as
 items continuing from a scene (``[root | pads | part | pads | new]``), which the scene level's check
 covers (the check item is chosen below a stem when there is one).
@@ -237,6 +237,11 @@ class PrefixCache:
         """Tokens this level adds below its parent (all of them for the root)."""
         return len(self.ids) - (len(self.parent) if self.parent is not None else 0)
 
+    @property
+    def new_length(self) -> int:
+        """Tokens the scene pass runs for this node: those past its stem (or its parent)."""
+        return len(self.ids) - len(self.stem if self.stem is not None else self.parent)
+
     def matches(self, ids: Sequence[int]) -> bool:
         """Whether ``ids`` starts with the prefix and has at least one token after it."""
         n = len(self.ids)
@@ -343,13 +348,12 @@ def keep_own(node: PrefixCache, cache, row: int) -> None:
     pass's output ``cache``, whose layers end with the row's left-padded new tokens (``[root | pads
     | stem part | pads | tokens]`` stitched, or ``[pads | stem part | pads | tokens]`` below a
     shared root, :class:`SharedPrefixLayer`): the stem's own keys, if any, then the new ones."""
-    below = node.stem if node.stem is not None else node.parent
-    n = len(node) - len(below)
-    new = [(layer.keys[row:row + 1, :, -n:].clone(), layer.values[row:row + 1, :, -n:].clone())
-           for layer in cache.layers]
-    if node.stem is not None:
-        new = [(torch.cat([sk, k], dim=-2), torch.cat([sv, v], dim=-2)) for (sk, sv), (k, v) in zip(node.stem.own, new)]
-    node.own = new
+    n = node.new_length
+    new = [(layer.keys[row:row + 1, :, -n:], layer.values[row:row + 1, :, -n:]) for layer in cache.layers]
+    if node.stem is None:  # a copy, so that the pass's batch cache can be freed
+        node.own = [(k.clone(), v.clone()) for k, v in new]
+    else:
+        node.own = [(torch.cat([sk, k], dim=-2), torch.cat([sv, v], dim=-2)) for (sk, sv), (k, v) in zip(node.stem.own, new)]
 
 
 def _scene_parts(root_cache, nodes: Sequence[PrefixCache], lengths: Sequence[int], width: int):
