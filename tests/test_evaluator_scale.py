@@ -310,10 +310,11 @@ def test_killed_run_resumes_recomputing_only_missing_items(tiny_model, tiny_mode
         Evaluator._forward = original
     assert resumed_ev.stats.n_cached == 4 and resumed_ev.stats.n_computed == 8
     # The 8 missing items, plus the one-time checks (one item encoded in full, and continued from
-    # each prefix level: the root and its scene's) and one row per scene prefix run.
+    # each prefix level: the root and its scene's) and one row per node the scene pass runs (scenes,
+    # their stems, action nodes).
     stats = resumed_ev.stats
     assert stats.n_prefix and stats.n_scene_prefix  # these items share scenarios: both levels are in play
-    assert counted["rows"] == 8 + 3 + stats.scene_prefixes + stats.stem_prefixes
+    assert counted["rows"] == 8 + 3 + stats.scene_prefixes + stats.stem_prefixes + stats.action_prefixes
     uninterrupted = Evaluator(tiny_model.model, tiny_model.tokenizer, max_batch_size=2, progress=False).judge(its)
     assert [r["id"] for r in resumed] == [r["id"] for r in uninterrupted]
     assert max_diff(resumed, uninterrupted) < 1e-5

@@ -114,6 +114,46 @@ def test_stems_run_the_scenes_common_tokens_once(sharp_model, monkeypatch):
     assert runs["shared"] == runs["stitched"] == without.stats.scene_tokens - 4 * stem_tokens
 
 
+@pytest.mark.parametrize("min_action_tokens", [1, 4])
+def test_action_nodes_run_the_opening_words_items_of_a_scene_share_once(sharp_model, monkeypatch, min_action_tokens):
+    """Items of one scene whose actions open alike (items 0-2 of each scene: "I help them", fewer
+    than 4 tokens; items 1 and 2: "I help them gladly and at once ..."): the scene pass runs those
+    tokens once, as action nodes below the scene (the short common opening only with
+    ``min_action_tokens`` 1, the default), and each item reads only its tokens past its node;
+    judgments stay those of full encoding, in the shared and the stitched layouts."""
+    prompt = few_shot_prompt(1)
+    its = scene_items(3, 3)
+    want = full_encoding(sharp_model, prompt, its)
+    short = min_action_tokens == 1  # items 0-2's common opening is a node too
+    runs = {}
+    for layout in ("shared", "stitched"):
+        ev = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=prompt, max_batch_size=4, progress=False)
+        ev.min_action_tokens = min_action_tokens
+        if layout == "stitched":
+            ev._shared_attention = False
+        got = ev.judge(its)
+        assert ev.prefix_attention == layout and ev.stats.n_scene_prefix == len(its)
+        assert ev.stats.action_prefixes == (6 if short else 3) and ev.stats.n_action_prefix == (9 if short else 6)
+        assert ev.stats.scene_prefixes == 3 and ev.stats.stem_prefixes == 1
+        assert_same_judgments(got, want)
+        runs[layout] = ev.stats
+    monkeypatch.setattr(judge_module, "action_nodes", lambda root, scene, rows, min_tokens: [scene] * len(rows))
+    without = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=prompt, max_batch_size=4, progress=False)
+    assert_same_judgments(without.judge(its), want)
+    assert without.stats.action_prefixes == 0 and without.stats.n_action_prefix == 0
+    encoded = without.encode(its)
+    scene = common_prefix_length(without.encode(scene_dummies(its[0])))
+    opening = common_prefix_length(encoded[1:3]) - scene  # items 1 and 2
+    common = common_prefix_length(encoded[:3]) - scene  # items 0-2
+    assert opening >= 4 and 1 <= common < 4
+    # Items 1 and 2 no longer read their opening, item 0 (with short nodes) its common part.
+    saved = 2 * opening + (common if short else 0)
+    for stats in runs.values():
+        # The scene pass runs each scene's shared opening once (both nodes together: ``opening``).
+        assert stats.scene_tokens == without.stats.scene_tokens + 3 * opening
+        assert stats.tokens_read <= without.stats.tokens_read - 3 * (saved - opening)
+
+
 def test_a_scene_prefix_is_the_prompt_up_to_the_action(sharp_model):
     ev = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=few_shot_prompt(1), progress=False)
     root = ev.shared_prefix()

@@ -22,11 +22,14 @@ from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Union
 from annotated_types import Ge, Gt, MinLen
 
 from vat_hf.errors import VatHfError
+from vat_hf.evaluation.linear_kernel import LINEAR_KERNELS
+from vat_hf.evaluation.served import APIS
+from vat_hf.evaluation.task import MODES, TRUNCATION_RULES
 from vat_hf.validation import Checked, FieldError, check_fields
 
-MODE_CHOICES = ("auto", "logprob", "logprob-multitoken", "generate")
+MODE_CHOICES = ("auto",) + MODES
 BACKENDS = ("hf", "vllm", "openai")
-SERVED_APIS = ("auto", "completions", "chat")
+SERVED_APIS = ("auto",) + APIS
 
 
 class EvalConfigError(VatHfError, ValueError):
@@ -58,10 +61,10 @@ class EvalConfig:
 
     _argument_group_name = "evaluator settings (EvalConfig: also a recipe's eval: section)"  # HfArgumentParser: the --help section
 
-    backend: Literal["hf", "vllm", "openai"] = field(
+    backend: Literal[BACKENDS] = field(
         default="hf", metadata=_help("hf (transformers), vllm (vLLM's offline engine: the vllm extra) or openai (a "
                                      "model served over an OpenAI-compatible API: --base_url; the openai extra)."))
-    mode: Literal["auto", "logprob", "logprob-multitoken", "generate"] = field(
+    mode: Literal[MODE_CHOICES] = field(
         default="auto", metadata=_help("Scoring mode; auto: logprob when the options are single tokens, "
                                        "else logprob-multitoken."))
     dtype: str = field(
@@ -73,7 +76,7 @@ class EvalConfig:
     prefix_reuse: Literal["auto", "true", "false"] = field(
         default="auto", metadata=_help("Reuse the shared prompt prefix's key/value cache: auto (when it is at least "
                                        "16 tokens, after a one-time check), true or false."))
-    linear_kernel: Literal["auto", "onednn", "torch"] = field(
+    linear_kernel: Literal[LINEAR_KERNELS] = field(
         default="auto", metadata=_help("CPU kernel of the float32 linear layers (backend hf): auto (oneDNN where a "
                                        "one-time timing finds it clearly faster than torch's MKL kernel), onednn or "
                                        "torch. Both compute the same products up to float32 rounding."))
@@ -82,7 +85,7 @@ class EvalConfig:
     max_batch_size: Annotated[int, Ge(1)] = field(default=64, metadata=_help("Most rows in one batch."))
     max_length: Optional[Annotated[int, Ge(1)]] = field(
         default=None, metadata=_help("Longest prompt judged (default: the model's context)."))
-    truncation: Literal["refuse", "left"] = field(
+    truncation: Literal[TRUNCATION_RULES] = field(
         default="refuse", metadata=_help("Over-long prompts: refuse (recorded as missing) or left (keep their last "
                                          "max_length tokens)."))
     max_new_tokens: Annotated[int, Ge(1)] = field(default=8, metadata=_help("Longest answer in generate mode."))
@@ -114,7 +117,7 @@ class EvalConfig:
     model_name: Optional[str] = field(
         default=None, metadata=_help("The model's name on the server (default: the one model it lists). --model "
                                      "then names the tokenizer (a Hub id or folder), if there is one."))
-    api: Literal["auto", "completions", "chat"] = field(
+    api: Literal[SERVED_APIS] = field(
         default="auto", metadata=_help("Server endpoint: completions (the exact prompt as token ids; needs the "
                                        "tokenizer), chat (messages; the server applies its chat template) or auto "
                                        "(completions when the tokenizer is available, else chat)."))

@@ -39,6 +39,12 @@ stem's keys are the same in every scene below it, and the stem pass is the same 
 items continuing from a scene (``[root | pads | part | pads | new]``), which the scene level's check
 covers (the check item is chosen below a stem when there is one).
 
+Below a scene, items share the opening words of their actions ("I actively participate in ...").
+Those openings are **action nodes** (:func:`action_nodes`): the radix tree of the items' token
+ids below their scene, each item keeping at least its last token (the answer is read there). An
+action node is run in the scene pass like a stem, and the items below it continue from it instead
+of from their scene, so their rows read only the tokens past it.
+
 Two batch layouts serve those rows. **Stitched** (any device, every scoring mode): each layer's
 keys are ``[root | scene part | new]`` per row, the root a batch view concatenated into every row.
 **Shared** (CPU, single-token scoring): the rows' own tokens are packed into one sequence (the
@@ -208,6 +214,12 @@ def expand_cache(cache, batch_size: int, keep: bool = True):
     return new
 
 
+NODE_KINDS = ("scene", "stem", "action")
+"""What a node below the root holds: a scene's prefix (the prompt up to its action), a stem (the
+common token prefix of several scenes) or an action node (a common token prefix of several
+items of one scene, into their actions)."""
+
+
 class PrefixCache:
     """A prefix's token ids (from position 0) and, computed once, its key/value cache.
 
@@ -217,9 +229,12 @@ class PrefixCache:
     root and each row's own part together for a batch.
     """
 
-    def __init__(self, ids: Sequence[int], parent: Optional["PrefixCache"] = None):
+    def __init__(self, ids: Sequence[int], parent: Optional["PrefixCache"] = None, kind: str = "scene"):
         self.ids = list(ids)
         self.parent = parent
+        # Below the root, what the node is (:data:`NODE_KINDS`): a scene's prefix, a stem above
+        # scenes, or an action node (items of one scene sharing the opening of their action).
+        self.kind = "root" if parent is None else kind
         self._cache = None
         self.own: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
         # Below the root: the stem the scene pass continues from to compute ``own`` (None: the root).
@@ -293,14 +308,17 @@ def adopt_prefixes(root: PrefixCache, cache) -> None:
     root._cache = adopted
 
 
-def scene_stems(root: PrefixCache, nodes: Sequence[PrefixCache], min_tokens: int) -> List[PrefixCache]:
+def scene_stems(root: PrefixCache, nodes: Sequence[PrefixCache], min_tokens: int,
+                below: Optional[PrefixCache] = None, kind: str = "stem") -> List[PrefixCache]:
     """Set each node's :attr:`PrefixCache.stem` from the radix tree of the nodes' token ids below
-    the root, and return the stems it creates (new nodes, to run before the nodes below them).
+    the root (or below the node ``below``), and return the stems it creates (new nodes of
+    ``kind``, to run before the nodes below them).
 
     A stem is the longest common token prefix of two or more nodes that branch after it, made
     only where it adds at least ``min_tokens`` below its own stem (a shorter one costs a pass for
     little); a node whose ids are such a common prefix serves as the stem itself. The nodes' ids
-    must be distinct and start with the root's.
+    must be distinct and start with the root's (with ``below``'s, and be longer: the nodes it
+    does not put below a new stem get ``below`` as theirs).
 
     >>> root = PrefixCache([0])
     >>> def nodes():
@@ -332,15 +350,53 @@ def scene_stems(root: PrefixCache, nodes: Sequence[PrefixCache], min_tokens: int
                 exact[0].stem = stem
                 branch([m for m in members if m is not exact[0]], end, exact[0])
             elif end - len(stem if stem is not None else root) >= min_tokens:
-                inner = PrefixCache(members[0].ids[:end], parent=root)
+                inner = PrefixCache(members[0].ids[:end], parent=root, kind=kind)
                 inner.stem = stem
                 stems.append(inner)
                 branch(members, end, inner)
             else:
                 branch(members, end, stem)
 
-    branch(list(nodes), len(root), None)
+    branch(list(nodes), len(below if below is not None else root), below)
     return stems
+
+
+def action_nodes(root: PrefixCache, scene: PrefixCache, rows: Sequence[Sequence[int]], min_tokens: int
+                 ) -> List[PrefixCache]:
+    """The node each of ``rows`` (token ids of items continuing from ``scene``) continues from:
+    ``scene``, or an action node below it, where two or more of the items share the opening
+    tokens of their actions ("I decide to ...").
+
+    The nodes are the radix tree of the rows' ids below the scene (:func:`scene_stems`), each row
+    keeping at least its last token as its own (the answer is read there): a common prefix of two
+    or more rows that adds at least ``min_tokens`` below its stem, a row's prefix that is another
+    row's, or the prefix of rows that are the same tokens.
+
+    >>> root = PrefixCache([0]); scene = PrefixCache([0, 1], parent=root)
+    >>> rows = [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 6, 7, 8], [0, 1, 2, 3, 4, 6, 7, 9], [0, 1, 9, 9]]
+    >>> [n.ids for n in action_nodes(root, scene, rows, min_tokens=2)]
+    [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 6, 7], [0, 1, 2, 3, 4, 6, 7], [0, 1]]
+    >>> nodes = action_nodes(root, scene, rows, min_tokens=3)  # [.., 6, 7] adds two: not a node
+    >>> [n.ids for n in nodes], nodes[0].kind, nodes[0].stem is scene
+    ([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1]], 'action', True)
+    """
+    # One leaf per distinct row less its last token; a leaf is run as a node only where rows
+    # below it save tokens: it is another leaf's stem, or the prefix of repeated rows.
+    leaves: Dict[Tuple[int, ...], PrefixCache] = {}
+    repeats: Dict[Tuple[int, ...], int] = {}
+    for ids in rows:
+        if len(ids) - 1 > len(scene):
+            key = tuple(ids[:-1])
+            leaves.setdefault(key, PrefixCache(key, parent=root, kind="action"))
+            repeats[key] = repeats.get(key, 0) + 1
+    stems = scene_stems(root, list(leaves.values()), min_tokens, below=scene, kind="action")
+    nodes = {id(n) for n in stems} | {id(leaf.stem) for leaf in leaves.values()}
+    nodes |= {id(leaf) for key, leaf in leaves.items() if repeats[key] > 1 and leaf.new_length >= min_tokens}
+    out = []
+    for ids in rows:
+        leaf = leaves.get(tuple(ids[:-1]))
+        out.append(scene if leaf is None else leaf if id(leaf) in nodes else leaf.stem)
+    return out
 
 
 def keep_own(node: PrefixCache, cache, row: int) -> None:

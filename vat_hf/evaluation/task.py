@@ -293,7 +293,9 @@ class JudgeStats:
     n_scene_prefix: int = 0  # items that continued from their scene's prefix
     scene_prefixes: int = 0  # scene prefixes run (each once, against the root or a stem)
     stem_prefixes: int = 0  # stems run: common token prefixes of several scenes, each once
-    scene_tokens: int = 0  # tokens run by the scene pass (scenes and stems, each past its stem or the root)
+    action_prefixes: int = 0  # action nodes run: common token prefixes of items of one scene, each once
+    n_action_prefix: int = 0  # items that continued from an action node below their scene
+    scene_tokens: int = 0  # tokens run by the scene pass (scenes, stems, action nodes: each past its stem or the root)
     tokens_read: int = 0
     seconds: float = 0.0
     batches: int = 0
