@@ -10,7 +10,8 @@ import torch
 
 from vat_hf.evaluation import Evaluator
 from vat_hf.evaluation import judge as judge_module
-from vat_hf.evaluation.prefix import PrefixCache, common_prefix_length, scene_dummies
+from vat_hf.evaluation.prefix import NODE_KINDS, PrefixCache, common_prefix_length, scene_dummies
+from vat_hf.evaluation.task import JudgeStats
 from vat_hf.prompts import JudgePrompt
 
 TOL = 1e-4
@@ -112,6 +113,15 @@ def test_stems_run_the_scenes_common_tokens_once(sharp_model, monkeypatch):
     assert stem_tokens >= 4
     # The stem's tokens are run once instead of once per scene.
     assert runs["shared"] == runs["stitched"] == without.stats.scene_tokens - 4 * stem_tokens
+
+
+def test_every_node_kind_has_its_counter_and_no_other_kind_is_made():
+    # The scene pass counts each node it runs in ``JudgeStats.<kind>_prefixes``.
+    assert all(isinstance(getattr(JudgeStats(), f"{kind}_prefixes"), int) for kind in NODE_KINDS)
+    root = PrefixCache([0])
+    assert root.kind == "root" and PrefixCache([0, 1], parent=root, kind="action").kind == "action"
+    with pytest.raises(ValueError, match="expected one of"):
+        PrefixCache([0, 1], parent=root, kind="leaf")
 
 
 @pytest.mark.parametrize("min_action_tokens", [1, 4])

@@ -233,7 +233,10 @@ class PrefixCache:
         self.ids = list(ids)
         self.parent = parent
         # Below the root, what the node is (:data:`NODE_KINDS`): a scene's prefix, a stem above
-        # scenes, or an action node (items of one scene sharing the opening of their action).
+        # scenes, or an action node (items of one scene sharing the opening of their action). The
+        # evaluator counts the nodes it runs by kind (``JudgeStats.<kind>_prefixes``).
+        if parent is not None and kind not in NODE_KINDS:
+            raise ValueError(f"PrefixCache kind {kind!r}: expected one of {NODE_KINDS}")
         self.kind = "root" if parent is None else kind
         self._cache = None
         self.own: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
