@@ -1,8 +1,10 @@
 """GPU throughput: vat-hf's evaluator against a bare forward loop over the same batches.
 
-NOT RUN in the task that wrote it (no GPU was available there); run it on a CUDA machine:
+Run on a lent H200 on 2026-12-04 (through bench/gpu_checks.sh; figures in docs/evaluator.md, "On a
+GPU"). On a CUDA machine:
 
     .venv/bin/python bench/bench_gpu_eval.py                 # Qwen2.5-7B shape, bf16, ~160-token items
+    .venv/bin/python bench/bench_gpu_eval.py --per-scene 10  # 10 items to a scenario (scene prefixes)
     .venv/bin/python bench/bench_gpu_eval.py --small         # a quick check with a 0.5B shape
     .venv/bin/python bench/bench_gpu_eval.py --tiny --device cpu --n-items 64 --repeats 1   # the script, on a CPU
 
@@ -48,8 +50,9 @@ QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                   rms_norm_eps=1e-6, tie_word_embeddings=True)
 
 
-def synthetic_items(n: int, tokenizer, target_tokens: int, seed: int = 0):
-    """Items whose judging prompts are about ``target_tokens`` long (spread +-15%)."""
+def synthetic_items(n: int, tokenizer, target_tokens: int, seed: int = 0, per_scene: int = 1):
+    """Items whose judging prompts are about ``target_tokens`` long (spread +-15%); each run of
+    ``per_scene`` items shares one scenario (a scene), as the corpus's items do."""
     import random
 
     from vat_hf.prompts import JudgePrompt, judge_text
@@ -62,7 +65,8 @@ def synthetic_items(n: int, tokenizer, target_tokens: int, seed: int = 0):
     items = []
     for k in range(n):
         budget = max(8, int((target_tokens - base) * rng.uniform(0.85, 1.15)))
-        scenario = " ".join(rng.choice(words) for _ in range(budget * 2 // 3))
+        if k % per_scene == 0:
+            scenario = " ".join(rng.choice(words) for _ in range(budget * 2 // 3))
         action = "I " + " ".join(rng.choice(words) for _ in range(budget // 3)) + "."
         items.append({"id": f"g{k}", "scenario": scenario.capitalize() + ".", "action": action})
     return items
@@ -72,6 +76,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-items", type=int, default=4096)
     parser.add_argument("--prompt-tokens", type=int, default=160)
+    parser.add_argument("--per-scene", type=int, default=1,
+                        help="items per scenario (1: every item its own scene; the corpus has 10 or more)")
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--max-batch-size", type=int, default=128)
     parser.add_argument("--attn-implementation", default="sdpa")
@@ -79,6 +85,7 @@ def main(argv=None):
     parser.add_argument("--small", action="store_true", help="Qwen2.5-0.5B's shape instead of 7B (a quick check)")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer shape, to check the script on a CPU")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the embedded SmolLM2's)")
+    parser.add_argument("--output-name", default="gpu_eval.json", help="file name under $OUT (or outputs/bench)")
     parser.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only to check the script runs")
     args = parser.parse_args(argv)
 
@@ -117,7 +124,7 @@ def main(argv=None):
     build_s = time.perf_counter() - started
     n_params = sum(p.numel() for p in model.parameters())
 
-    items = synthetic_items(args.n_items, tokenizer, args.prompt_tokens)
+    items = synthetic_items(args.n_items, tokenizer, args.prompt_tokens, per_scene=args.per_scene)
     evaluator = Evaluator(model, tokenizer, max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size,
                           progress=False, prefix_reuse=False)
     encoded = evaluator.encode(items)
@@ -166,7 +173,7 @@ def main(argv=None):
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (script check only)",
         "model": shape_name + f" shape, random init, {str(dtype).replace('torch.', '')}",
         "n_params": n_params, "attn_implementation": args.attn_implementation, "build_seconds": build_s,
-        "n_items": n, "mean_prompt_tokens": sum(lengths) / n, "n_batches": len(batches),
+        "n_items": n, "items_per_scene": args.per_scene, "mean_prompt_tokens": sum(lengths) / n, "n_batches": len(batches),
         "max_batch_tokens": args.max_batch_tokens, "max_batch_size": args.max_batch_size,
         "items_per_s_median": {k: n / v for k, v in median.items()},
         "ours_vs_bare_median": {"prefix_auto": median["bare"] / median["ours_prefix_auto"],
@@ -178,7 +185,7 @@ def main(argv=None):
     }
     print(json.dumps(report, indent=1))
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "outputs" / "bench"
-    write_json(out_dir / "gpu_eval.json", report)
+    write_json(out_dir / args.output_name, report)
 
 
 if __name__ == "__main__":

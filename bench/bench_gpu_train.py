@@ -1,6 +1,7 @@
 """GPU throughput and memory of a LoRA DPO recipe on a Qwen2.5-0.5B-shaped model (random weights).
 
-NOT RUN in development (no GPU there): this is the script to run on one GPU. It builds a randomly
+Run on a lent H200 on 2026-12-04 (through bench/gpu_checks.sh; figures in docs/evaluator.md, "On a
+GPU"); the script to run on one GPU. It builds a randomly
 initialised model with Qwen2.5-0.5B's shape (24 layers, hidden 896, 14 heads / 2 KV heads, vocab
 151936; SmolLM2's tokenizer and chat template, whose ids all fit the vocabulary, so nothing is
 downloaded), then runs the Qwen2.5-7B DPO-LoRA recipe's settings through vat-hf's DPO entry

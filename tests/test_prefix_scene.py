@@ -164,6 +164,74 @@ def test_action_nodes_run_the_opening_words_items_of_a_scene_share_once(sharp_mo
         assert stats.tokens_read <= without.stats.tokens_read - 3 * (saved - opening)
 
 
+def _root_with_nodes(n_layers, lengths=(3, 5, 2), root_len=4, kv_heads=2, head_dim=4):
+    """A root whose batch-1 cache has ``n_layers`` layers, and one node below it per length with
+    random own keys/values (what the scene pass stores: layers, 2, kv_heads, tokens, head_dim)."""
+    from transformers import DynamicCache
+
+    torch.manual_seed(n_layers)
+    root = PrefixCache(list(range(root_len)))
+    root._cache = DynamicCache()
+    for layer in range(n_layers):
+        root._cache.update(torch.randn(1, kv_heads, root_len, head_dim), torch.randn(1, kv_heads, root_len, head_dim),
+                           layer)
+    nodes = []
+    for n in lengths:
+        node = PrefixCache(list(range(root_len + n)), parent=root)
+        node.own = torch.randn(n_layers, 2, kv_heads, n, head_dim)
+        nodes.append(node)
+    return root, nodes
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_scene_batch_copies_each_node_once_whatever_the_layer_count(shared):
+    """prefix_batch lays each row's scene part (left-padded) into the batch's cache with one copy
+    per distinct node, not one per layer and row: on a GPU each copy is a kernel launch, and with
+    one per layer a 28-layer model's scene batches cost more than the tokens they saved."""
+    from vat_hf.evaluation.prefix import prefix_batch
+
+    copies = {}
+    for n_layers in (2, 8):
+        root, nodes = _root_with_nodes(n_layers)
+        rows = [nodes[0], nodes[1], root, nodes[0], nodes[2], nodes[0]]  # node 0 in three rows
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            cache, mask, offsets = prefix_batch(root, rows, model=None, device="cpu", shared=shared)
+        copies[n_layers] = sum(e.name in ("aten::copy_", "aten::index_put_") for e in prof.events())
+        width = max(n.own_length for n in nodes)
+        assert mask.shape == (len(rows), len(root) + width)
+        for layer in range(n_layers):
+            layer_cache = cache.layers[layer]
+            parts = ((layer_cache.keys, layer_cache.values) if shared
+                     else (layer_cache.scene_keys, layer_cache.scene_values))
+            for kv, part in enumerate(parts):
+                assert part.shape == (len(rows), 2, width, 4)
+                for row, node in enumerate(rows):
+                    n = 0 if node is root else node.own_length
+                    assert torch.equal(part[row, :, width - n:], node.own[layer, kv] if n else part[row, :, width:])
+                    assert not part[row, :, :width - n].any() and not mask[row, len(root):len(root) + width - n].any()
+    # Three distinct nodes: as many copies with 2 layers as with 8 (with one per layer and row,
+    # 20 and 80), at most two per node (its part, and the index of its rows when it has several).
+    assert copies[2] == copies[8] <= 2 * 3
+
+
+def test_scene_prefixes_need_one_key_shape_in_every_layer():
+    """A node's keys are stacked across layers, so a cache whose layers differ in key/value heads
+    (or keys from values in head size) uses the root only."""
+    from transformers import DynamicCache
+
+    from vat_hf.evaluation.prefix import supports_scene_prefixes
+
+    root, _ = _root_with_nodes(3)
+    assert supports_scene_prefixes(root._cache)
+    uneven = DynamicCache()
+    uneven.update(torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 4), 0)
+    uneven.update(torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4), 1)
+    assert not supports_scene_prefixes(uneven)
+    values_wider = DynamicCache()
+    values_wider.update(torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 8), 0)
+    assert not supports_scene_prefixes(values_wider)
+
+
 def test_a_scene_prefix_is_the_prompt_up_to_the_action(sharp_model):
     ev = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=few_shot_prompt(1), progress=False)
     root = ev.shared_prefix()

@@ -58,6 +58,39 @@ def test_a_recipe_mapping_parses_in_memory_exactly_as_its_file(tmp_path):
         parse_training_config("sft", {"target_value": "Power", "lerning_rate": 1.0}, where="intervention 'x'")
 
 
+def test_recipes_keep_working_with_a_transformers_that_knows_only_gradient_checkpointing():
+    """The recipes spell transformers 5.23's activation_checkpointing; where TrainingArguments has
+    only the earlier gradient_checkpointing (5.17 on the lent H200's image), recipe keys and
+    flags are renamed to it instead of refused as unknown. (The whole DPO path under 5.17 ran on
+    the H200 and in a CPU environment built like its image.)"""
+    from dataclasses import dataclass
+    from typing import Optional
+
+    from transformers import HfArgumentParser
+
+    from vat_hf.train.config import _to_known_names
+
+    @dataclass
+    class EarlierArguments:
+        gradient_checkpointing: bool = False
+        gradient_checkpointing_kwargs: Optional[str] = None
+
+    earlier = HfArgumentParser(EarlierArguments)
+    config, args = _to_known_names(earlier, {"activation_checkpointing": True, "learning_rate": 1e-4},
+                                   ["--activation_checkpointing", "false", "--activation_checkpointing_kwargs={}",
+                                    "--beta", "0.1"])
+    assert config == {"gradient_checkpointing": True, "learning_rate": 1e-4}
+    assert args == ["--gradient_checkpointing", "false", "--gradient_checkpointing_kwargs={}", "--beta", "0.1"]
+    parsed, = earlier.parse_args_into_dataclasses(args=args[:3])
+    assert parsed.gradient_checkpointing is False and parsed.gradient_checkpointing_kwargs == "{}"
+    # This environment's transformers knows the current names: nothing is renamed.
+    from vat_hf.train.config import make_parser
+
+    current = make_parser("dpo")
+    assert _to_known_names(current, {"activation_checkpointing": True}, ["--activation_checkpointing=true"]) == (
+        {"activation_checkpointing": True}, ["--activation_checkpointing=true"])
+
+
 def test_bad_inputs_fail_before_any_model_is_loaded(tmp_path, tiny_model_dir, monkeypatch):
     from vat_hf.train.common import run_training
     from vat_hf.train.data import TrainingDataError

@@ -224,8 +224,8 @@ class PrefixCache:
     """A prefix's token ids (from position 0) and, computed once, its key/value cache.
 
     The root (``parent=None``) keeps its whole batch-1 cache (:meth:`cache`, computed lazily).
-    A scene prefix (``parent=root``) keeps only its own tokens' keys/values, per layer
-    (:attr:`own`, set by the evaluator's batched scene pass); :func:`prefix_batch` puts the
+    A scene prefix (``parent=root``) keeps only its own tokens' keys/values, all layers in one
+    tensor (:attr:`own`, set by the evaluator's batched scene pass); :func:`prefix_batch` puts the
     root and each row's own part together for a batch.
     """
 
@@ -239,7 +239,11 @@ class PrefixCache:
             raise ValueError(f"PrefixCache kind {kind!r}: expected one of {NODE_KINDS}")
         self.kind = "root" if parent is None else kind
         self._cache = None
-        self.own: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
+        # (layers, 2, kv_heads, own tokens, head_dim): keys and values of every layer in one tensor,
+        # so that a batch copies each node once, not once per layer and row (on a GPU each copy is
+        # a kernel launch: copied per layer, a 28-layer model's scene batches ran 15 times the
+        # copies of the question prefix alone and were slower than it on an H200).
+        self.own: Optional[torch.Tensor] = None
         # Below the root: the stem the scene pass continues from to compute ``own`` (None: the root).
         self.stem: Optional["PrefixCache"] = None
         # Root only: whether scene prefixes below it are used, and whether their one-time check
@@ -286,10 +290,15 @@ class PrefixCache:
 
 
 def supports_scene_prefixes(cache) -> bool:
-    """Scene prefixes are stitched into plain per-layer key/value tensors (``DynamicLayer``);
-    other cache layouts (sliding windows, quantized or old-style caches) use the root only."""
+    """Scene prefixes are stitched into plain per-layer key/value tensors (``DynamicLayer``) of
+    one shape in every layer, keys and values alike (a node's keys are stacked across layers);
+    other cache layouts (sliding windows, quantized or old-style caches, layers of different head
+    counts) use the root only."""
     layers = getattr(cache, "layers", None)
-    return DynamicLayer is not None and bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+    if DynamicLayer is None or not layers or not all(type(layer) is DynamicLayer for layer in layers):
+        return False
+    shapes = {(t.shape[1], t.shape[3], t.dtype) for layer in layers for t in (layer.keys, layer.values)}
+    return len(shapes) == 1
 
 
 def adopt_prefixes(root: PrefixCache, cache) -> None:
@@ -408,28 +417,33 @@ def keep_own(node: PrefixCache, cache, row: int) -> None:
     | stem part | pads | tokens]`` stitched, or ``[pads | stem part | pads | tokens]`` below a
     shared root, :class:`SharedPrefixLayer`): the stem's own keys, if any, then the new ones."""
     n = node.new_length
-    new = [(layer.keys[row:row + 1, :, -n:], layer.values[row:row + 1, :, -n:]) for layer in cache.layers]
-    if node.stem is None:  # a copy, so that the pass's batch cache can be freed
-        node.own = [(k.clone(), v.clone()) for k, v in new]
-    else:
-        node.own = [(torch.cat([sk, k], dim=-2), torch.cat([sv, v], dim=-2)) for (sk, sv), (k, v) in zip(node.stem.own, new)]
+    layers = cache.layers
+    # One stacked copy (so the pass's batch cache can be freed), (layers, 2, kv_heads, n, head_dim).
+    new = torch.stack([t[row, :, -n:] for layer in layers for t in (layer.keys, layer.values)])
+    new = new.view(len(layers), 2, *new.shape[1:])
+    node.own = new if node.stem is None else torch.cat([node.stem.own, new], dim=-2)
 
 
 def _scene_parts(root_cache, nodes: Sequence[PrefixCache], lengths: Sequence[int], width: int):
     """Per layer, each row's scene part, ``(rows, kv_heads, width, head_dim)`` keys and values,
-    left-padded with zeros (the mask keeps the pads out of every attention row)."""
-    rows = len(nodes)
-    parts = []
-    for index, layer in enumerate(root_cache.layers):
-        pair = []
-        for tensor_index, full in enumerate((layer.keys, layer.values)):
-            part = full.new_zeros((rows, full.shape[1], width, full.shape[3]))
-            for row, node in enumerate(nodes):
-                if lengths[row]:
-                    part[row, :, width - lengths[row]:] = node.own[index][tensor_index][0]
-            pair.append(part)
-        parts.append(pair)
-    return parts
+    left-padded with zeros (the mask keeps the pads out of every attention row): views of one
+    tensor, filled with one copy per distinct node (all layers at once)."""
+    first = root_cache.layers[0].keys
+    n_layers = len(root_cache.layers)
+    parts = first.new_zeros((n_layers, 2, len(nodes), first.shape[1], width, first.shape[3]))
+    rows_of: Dict[int, List[int]] = {}
+    for row, node in enumerate(nodes):
+        if lengths[row]:
+            rows_of.setdefault(id(node), []).append(row)
+    for node_rows in rows_of.values():
+        node = nodes[node_rows[0]]
+        n = lengths[node_rows[0]]
+        if len(node_rows) == 1:
+            parts[:, :, node_rows[0], :, width - n:] = node.own
+        else:
+            index = torch.tensor(node_rows, device=parts.device)
+            parts[:, :, index, :, width - n:] = node.own[:, :, None]
+    return [(parts[i, 0], parts[i, 1]) for i in range(n_layers)]
 
 
 def prefix_batch(root: PrefixCache, nodes: Sequence[PrefixCache], model, device, keep: bool = True,
@@ -449,10 +463,12 @@ def prefix_batch(root: PrefixCache, nodes: Sequence[PrefixCache], model, device,
     root_len = len(root)
     lengths = [0 if node is root else node.own_length for node in nodes]
     width = max(lengths)
-    mask = torch.ones((rows, root_len + width), dtype=torch.long, device=device)
     offsets = torch.tensor([[root_len + n] for n in lengths], dtype=torch.long)
-    for row, n in enumerate(lengths):
-        mask[row, root_len:root_len + width - n] = 0
+    # Built here and sent in one copy (not one per row): each row's scene part is left-padded to
+    # ``width``.
+    pads = torch.tensor([[width - n] for n in lengths], dtype=torch.long)
+    scene_mask = torch.arange(width)[None, :] >= pads
+    mask = torch.cat([torch.ones((rows, root_len), dtype=torch.long), scene_mask.long()], dim=1).to(device)
     if shared:
         return shared_prefix_cache(root_cache, nodes, lengths, width, keep), mask, offsets
     if width == 0:

@@ -143,6 +143,28 @@ def make_parser(method: str):
     return TrlParser(config_classes(method), prog=f"accelerate launch -m vat_hf.train.{method}", allow_abbrev=False)
 
 
+# The recipes spell transformers' current names. transformers 5.23 renamed gradient checkpointing to
+# activation checkpointing (the old names stay as deprecated aliases until v6); a GPU image with an
+# earlier transformers (5.17 on the lent H200) knows only the old names, so there each recipe key
+# and flag is renamed back rather than refused as unknown.
+EARLIER_NAMES = {"activation_checkpointing": "gradient_checkpointing",
+                 "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs"}
+
+
+def _to_known_names(parser, config: dict, args: List[str]) -> Tuple[dict, List[str]]:
+    known = {action.dest for action in parser._actions}
+    renames = {new: old for new, old in EARLIER_NAMES.items() if new not in known and old in known}
+    if not renames:
+        return config, args
+    config = {renames.get(key, key): value for key, value in config.items()}
+    flags = {f"--{new}": f"--{old}" for new, old in renames.items()}
+    renamed = []
+    for arg in args:  # "--flag value" and "--flag=value"
+        flag, equals, value = arg.partition("=")
+        renamed.append(flags.get(flag, flag) + equals + value)
+    return config, renamed
+
+
 def _keys(strings: Sequence[str]) -> List[str]:
     return [s[2:].split("=", 1)[0] for s in strings if s.startswith("--")]
 
@@ -176,11 +198,12 @@ def parse_training_config(method: str, config: Mapping[str, Any], args: Sequence
         raise TrainingConfigError(f"{where}: 'env' must be a mapping of environment variables")
     for key, value in env.items():
         os.environ[str(key)] = str(value)
+    config, args = _to_known_names(parser, config, list(args))
     config_unknown = parser.set_defaults_with_config(**config)
     if config_unknown:  # before the dataclasses are built: a typo is named before any value is checked
         raise _unknown_error(parser, where, _keys(config_unknown), method)
     try:
-        *parsed, flag_unknown = parser.parse_args_into_dataclasses(args=list(args), return_remaining_strings=True,
+        *parsed, flag_unknown = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True,
                                                                    look_for_args_file=False)
     except VatHfError:
         raise
