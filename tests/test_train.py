@@ -83,6 +83,14 @@ def test_recipes_keep_working_with_a_transformers_that_knows_only_gradient_check
     assert args == ["--gradient_checkpointing", "false", "--gradient_checkpointing_kwargs={}", "--beta", "0.1"]
     parsed, = earlier.parse_args_into_dataclasses(args=args[:3])
     assert parsed.gradient_checkpointing is False and parsed.gradient_checkpointing_kwargs == "{}"
+    # The training card records it under today's name either way.
+    from types import SimpleNamespace
+
+    from vat_hf.train.common import hyperparameters
+
+    hp = hyperparameters(SimpleNamespace(gradient_checkpointing=True, per_device_train_batch_size=2,
+                                         gradient_accumulation_steps=1), SimpleNamespace())
+    assert hp["activation_checkpointing"] is True and "gradient_checkpointing" not in hp
     # This environment's transformers knows the current names: nothing is renamed.
     from vat_hf.train.config import make_parser
 

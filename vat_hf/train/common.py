@@ -45,7 +45,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from vat_hf.train.config import TrainingConfigError
+from vat_hf.train.config import EARLIER_NAMES, TrainingConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -397,6 +397,9 @@ def trajectory_of(trainer):
 
 def hyperparameters(training_args, model_args, trainer=None) -> Dict:
     hp = {key: _plain(getattr(training_args, key)) for key in TRAINING_KEYS if hasattr(training_args, key)}
+    for new, old in EARLIER_NAMES.items():  # a transformers before 5.23: recorded under today's name
+        if new in TRAINING_KEYS and new not in hp and hasattr(training_args, old):
+            hp[new] = _plain(getattr(training_args, old))
     hp.update({key: _plain(getattr(model_args, key)) for key in MODEL_KEYS if hasattr(model_args, key)})
     world = getattr(training_args, "world_size", 1)
     hp["world_size"] = world
