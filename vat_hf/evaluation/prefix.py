@@ -463,11 +463,11 @@ def prefix_batch(root: PrefixCache, nodes: Sequence[PrefixCache], model, device,
     root_len = len(root)
     lengths = [0 if node is root else node.own_length for node in nodes]
     width = max(lengths)
-    offsets = torch.tensor([[root_len + n] for n in lengths], dtype=torch.long)
+    own = torch.tensor(lengths, dtype=torch.long)[:, None]
+    offsets = root_len + own
     # Built here and sent in one copy (not one per row): each row's scene part is left-padded to
     # ``width``.
-    pads = torch.tensor([[width - n] for n in lengths], dtype=torch.long)
-    scene_mask = torch.arange(width)[None, :] >= pads
+    scene_mask = torch.arange(width)[None, :] >= width - own
     mask = torch.cat([torch.ones((rows, root_len), dtype=torch.long), scene_mask.long()], dim=1).to(device)
     if shared:
         return shared_prefix_cache(root_cache, nodes, lengths, width, keep), mask, offsets

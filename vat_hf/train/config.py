@@ -151,8 +151,12 @@ EARLIER_NAMES = {"activation_checkpointing": "gradient_checkpointing",
                  "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs"}
 
 
+def _known_keys(parser) -> List[str]:
+    return sorted({action.dest for action in parser._actions if action.dest != "help"})
+
+
 def _to_known_names(parser, config: dict, args: List[str]) -> Tuple[dict, List[str]]:
-    known = {action.dest for action in parser._actions}
+    known = set(_known_keys(parser))
     renames = {new: old for new, old in EARLIER_NAMES.items() if new not in known and old in known}
     if not renames:
         return config, args
@@ -170,7 +174,7 @@ def _keys(strings: Sequence[str]) -> List[str]:
 
 
 def _unknown_error(parser, where: str, keys: Iterable[str], method: str) -> TrainingConfigError:
-    known = sorted({action.dest for action in parser._actions if action.dest != "help"})
+    known = _known_keys(parser)
     lines = []
     for key in keys:
         close = difflib.get_close_matches(key, known, n=3)
