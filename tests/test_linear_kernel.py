@@ -77,6 +77,33 @@ def test_judgments_through_onednn_equal_torch_kernel_judgments(sharp_model, coun
     assert max(r["probs"][0] for r in torch_records) - min(r["probs"][0] for r in torch_records) > 1e-3
 
 
+def test_evaluators_of_one_model_share_the_kernel_choice(tiny_model, monkeypatch):
+    """``auto`` times the kernels once per model in a process: two evaluators of one model (a
+    baseline and its zero-strength steered run, say) must not get two kernels from two noisy
+    timings, since the kernels round differently (about 1e-8 on the sharp model's probabilities)."""
+    import weakref
+
+    monkeypatch.setattr(lk, "_CHOSEN", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(lk, "onednn_available", lambda: True)
+    timings = iter([1.05, 1.8])  # the second timing alone would pick oneDNN
+    calls = []
+
+    def compare(layer):
+        calls.append(layer)
+        return {"torch_s": 1.0, "onednn_s": 1.0, "max_rel_diff": 1e-7, "speedup": next(timings)}
+
+    monkeypatch.setattr(lk, "compare_kernels", compare)
+    chosen = []
+    for _ in range(2):
+        evaluator = Evaluator(tiny_model.model, tiny_model.tokenizer, progress=False)
+        chosen.append(evaluator.linear_kernel_choice()["kernel"])
+    assert chosen == ["torch", "torch"] and len(calls) == 1
+    # Another request is decided on its own.
+    assert Evaluator(tiny_model.model, tiny_model.tokenizer, progress=False,
+                     linear_kernel="onednn").linear_kernel_choice()["kernel"] == "onednn"
+    assert len(calls) == 2
+
+
 def test_auto_follows_the_timing_and_the_products(tiny_model, monkeypatch):
     model = tiny_model.model
     monkeypatch.setattr(lk, "onednn_available", lambda: True)

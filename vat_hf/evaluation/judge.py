@@ -47,7 +47,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 from tqdm.auto import tqdm
 
-from vat_hf.evaluation.linear_kernel import check_linear_kernel, choose_linear_kernel, linears_on
+from vat_hf.evaluation.linear_kernel import check_linear_kernel, chosen_linear_kernel, linears_on
 from vat_hf.evaluation.prefix import (
     DUMMY_ITEMS,
     SHARED_PREFIX_ATTENTION,
@@ -171,7 +171,7 @@ class Evaluator:
     ready :class:`~vat_hf.evaluation.cache.JudgmentCache` instead (an evaluation run builds it
     from the files on disk before any model is loaded; its prompt and scoring fingerprints must
     be this evaluator's). ``linear_kernel``: which CPU kernel runs the float32 linear layers
-    (:mod:`vat_hf.evaluation.linear_kernel`; ``"auto"`` times MKL against oneDNN once).
+    (:mod:`vat_hf.evaluation.linear_kernel`; ``"auto"`` times MKL against oneDNN once per model).
     """
 
     def __init__(
@@ -599,7 +599,7 @@ class Evaluator:
         """The CPU kernel of the float32 linear layers (decided once, on first use; in
         ``stats.linear_kernel``)."""
         if self._linear_choice is None:
-            self._linear_choice = choose_linear_kernel(self.model, self.linear_kernel)
+            self._linear_choice = chosen_linear_kernel(self.model, self.linear_kernel)
             self.stats.linear_kernel = self._linear_choice["kernel"]
         return self._linear_choice
 

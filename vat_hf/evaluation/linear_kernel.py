@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 from collections import Counter
 from typing import List, Optional
 
@@ -106,6 +107,21 @@ def choose_linear_kernel(model, requested: str = "auto") -> dict:
     if probe["speedup"] >= ONEDNN_MIN_SPEEDUP:
         return {"kernel": "onednn", "reason": f"{probe['speedup']:.2f}x faster than torch's kernel here", **probe}
     return {"kernel": "torch", "reason": f"oneDNN only {probe['speedup']:.2f}x as fast here", **probe}
+
+
+_CHOSEN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def chosen_linear_kernel(model, requested: str = "auto") -> dict:
+    """:func:`choose_linear_kernel` once per model (and request) in a process. ``auto`` decides by
+    a timing, and where the kernels run near ``ONEDNN_MIN_SPEEDUP`` apart two timings can
+    disagree; every evaluator of one model (a baseline and its steered run, the same model
+    judged twice) then uses the same kernel, so their numbers agree to the last bit."""
+    key = (requested, tuple((tuple(m.weight.shape), str(m.weight.device)) for m in cpu_float32_linears(model)))
+    per_model = _CHOSEN.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = choose_linear_kernel(model, requested)
+    return dict(per_model[key])
 
 
 @contextlib.contextmanager
