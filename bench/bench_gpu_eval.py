@@ -72,6 +72,37 @@ def synthetic_items(n: int, tokenizer, target_tokens: int, seed: int = 0, per_sc
     return items
 
 
+def count_syncs(run, torch):
+    """Run ``run()`` under ``torch.cuda.set_sync_debug_mode("warn")``: the number of synchronizing
+    CUDA calls, the evaluator's batches, and the calls by the source line that made them (the
+    ten commonest)."""
+    import collections
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            _, _, stats = run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    lines = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
+                                if "synchroniz" in str(w.message))
+    return {"calls": sum(lines.values()), "batches": stats["batches"], "by_line": dict(lines.most_common(10))}
+
+
+def gpu_busy(run, torch):
+    """``run()`` (which returns its wall seconds) under torch's profiler: its wall time, the GPU's
+    busy time (the device time of every kernel and copy; one stream) and their ratio."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        wall = run()
+    # The device's own events (kernels, copies, memsets), each counted once by its duration.
+    busy_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return {"wall_s": wall, "gpu_busy_s": busy_us / 1e6, "busy_fraction": busy_us / 1e6 / wall}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-items", type=int, default=4096)
@@ -165,6 +196,25 @@ def main(argv=None):
         timings["ours_prefix_auto"].append(seconds)
         seconds, _, stats["off"] = ours(False)
         timings["ours_prefix_off"].append(seconds)
+    # Where the host waits for the GPU: one untimed run of each setting with CUDA's sync debug
+    # mode, counting the synchronizing calls by the line that made them. The evaluator means to
+    # wait once a batch, for its results, after launching the next batch; a line that syncs once
+    # a batch besides stalls that pipeline (the host cannot prepare a batch while the GPU runs one).
+    # And how much of each run's wall time the GPU is busy (kernels and copies, under torch's
+    # profiler, so a little slower than the timed runs): the rest is the GPU waiting on the host.
+    syncs, busy = {}, {}
+    if device.type == "cuda":
+        for name, setting in (("auto", "auto"), ("off", False)):
+            try:
+                syncs[name] = count_syncs(lambda: ours(setting), torch)
+            except Exception as err:  # a diagnosis must not cost the figures above
+                syncs[name] = {"error": repr(err)}
+        for name, run in (("bare", bare), ("ours_prefix_auto", lambda: ours("auto")[0]),
+                          ("ours_prefix_off", lambda: ours(False)[0])):
+            try:
+                busy[name] = gpu_busy(run, torch)
+            except Exception as err:
+                busy[name] = {"error": repr(err)}
     n = len(items)
     # Medians over the repeats; each repeat runs the three side by side, so their ratio is
     # taken within one run.
@@ -179,7 +229,7 @@ def main(argv=None):
         "ours_vs_bare_median": {"prefix_auto": median["bare"] / median["ours_prefix_auto"],
                                 "prefix_off": median["bare"] / median["ours_prefix_off"]},
         "goal": "ours >= 0.85 x bare",
-        "timings_s": timings, "evaluator_stats": stats,
+        "timings_s": timings, "evaluator_stats": stats, "synchronizing_calls": syncs, "gpu_busy": busy,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "torch": torch.__version__, "mean_rating": sum(r["rating"] for r in records) / n,
     }

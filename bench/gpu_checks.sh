@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks, as one command on a lent device machine (made ready here by bench/gpu_kit.sh,
-# sent with carry [".whl"]); about 2.5 minutes on the lent H200 (2026-12-04):
+# sent with carry [".whl"]); about 2.5 minutes on the lent H200 (2026-12-04), before the two
+# diagnoses below were added (they add an estimated minute; not yet run on a GPU):
 #   1. bench_gpu_eval.py: a random Qwen2.5-7B-shaped model in bf16, ~160-token items, our
 #      evaluator against a bare `model(input_ids, logits_to_keep=1)` loop (goal >= 0.85x); then
-#      the same with 10 items to a scene, and on a Qwen2.5-0.5B shape;
+#      the same with 10 items to a scene, and on a Qwen2.5-0.5B shape; each also counts the
+#      synchronizing CUDA calls by source line and the GPU's busy fraction of each side's wall time
+#      (one untimed run each);
 #   2. bench_gpu_train.py: DPO-LoRA steps/s and peak memory on a Qwen2.5-0.5B shape;
 #   3. bench_vllm.py (where vLLM is installed): the transformers evaluator, vLLM offline and vLLM
 #      served on the same 440 items of a SmolLM2-135M-shaped random model in bf16: items/s and the
@@ -14,19 +17,21 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# The tokenizer keeps its own threads (as a user's run does): the evaluator tokenises every item
+# before the first batch, time the GPU waits.
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-outputs/bench}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers, trl, peft, accelerate, datasets, pyarrow; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__, 'pyarrow', pyarrow.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"
-timeout 300 python3 bench/bench_gpu_eval.py --tokenizer .whl/smollm2-tokenizer --n-items 2048 --repeats 3 2>&1 | tee "$OUT/gpu_eval.log"
+timeout 360 python3 bench/bench_gpu_eval.py --tokenizer .whl/smollm2-tokenizer --n-items 2048 --repeats 3 2>&1 | tee "$OUT/gpu_eval.log"
 eval_rc=${PIPESTATUS[0]}
 # The same, with 10 items to a scenario (the scene prefixes run once per scene), and on a 0.5B
 # shape, where the GPU is fast enough for the evaluator's own host work to show.
-timeout 200 python3 bench/bench_gpu_eval.py --tokenizer .whl/smollm2-tokenizer --n-items 2048 --per-scene 10 --repeats 3 \
+timeout 260 python3 bench/bench_gpu_eval.py --tokenizer .whl/smollm2-tokenizer --n-items 2048 --per-scene 10 --repeats 3 \
     --output-name gpu_eval_scenes.json 2>&1 | tee -a "$OUT/gpu_eval.log"
 [ "${PIPESTATUS[0]}" = 0 ] || eval_rc=1
-timeout 120 python3 bench/bench_gpu_eval.py --small --tokenizer .whl/smollm2-tokenizer --n-items 2048 --repeats 3 \
+timeout 160 python3 bench/bench_gpu_eval.py --small --tokenizer .whl/smollm2-tokenizer --n-items 2048 --repeats 3 \
     --output-name gpu_eval_small.json >> "$OUT/gpu_eval.log" 2>&1
 [ "$?" = 0 ] || eval_rc=1
 timeout 180 python3 bench/bench_gpu_train.py --tokenizer .whl/smollm2-tokenizer --output "$OUT/gpu_train.json" 2>&1 | tail -40 | tee "$OUT/gpu_train.log"

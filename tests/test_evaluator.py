@@ -81,3 +81,47 @@ def test_options_must_be_single_distinct_tokens(tiny_model):
     with pytest.raises(OptionTokenError, match="option '3' is 2 tokens"):
         option_token_ids(SplitDigits())
     assert option_token_ids(tiny_model.tokenizer) == [33, 34, 35, 36, 37]
+
+
+def odd_texts(tok):
+    """Judging prompts and texts that stress a tokenizer: special tokens written in the text,
+    accents, emoji, runs of whitespace, an empty string."""
+    return [judge_text(tok, JudgePrompt(), it) for it in items(5)] + [
+        "<|im_start|>user\nCafé, naïve, 東京 🙂<|im_end|>", "  two  spaces\n\n\ttab ", "", "Rating: 5"]
+
+
+def test_prompts_are_tokenised_as_the_tokenizer_itself_tokenises_them(tiny_model):
+    """encode_texts takes the fast tokenizer's backend without character offsets, and gets the
+    tokenizer's own ids."""
+    from vat_hf.evaluation.task import _offsetless_backend, encode_texts
+
+    tok = tiny_model.tokenizer
+    texts = odd_texts(tok)
+    assert _offsetless_backend(tok, texts) is tok.backend_tokenizer
+    assert encode_texts(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
+    assert encode_texts(tok, []) == []
+
+
+def test_a_tokenizer_whose_backend_would_differ_is_tokenised_by_its_own_call(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from vat_hf.evaluation.task import _offsetless_backend, encode_texts
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = odd_texts(tok)
+    want = tok(texts, add_special_tokens=False)["input_ids"]
+    # A backend left padding (as a tokenizer.json may set it): its ids would carry the pads.
+    tok.backend_tokenizer.enable_padding(length=400)
+    assert _offsetless_backend(tok, texts) is None
+    assert encode_texts(tok, texts) == want
+
+    class OwnCall:
+        """A tokenizer whose own call changes the text before its backend sees it."""
+        is_fast, split_special_tokens, backend_tokenizer = True, False, tok.backend_tokenizer
+
+        def __call__(self, texts, add_special_tokens):
+            return tok([t.upper() for t in texts], add_special_tokens=add_special_tokens)
+
+    own = OwnCall()
+    assert _offsetless_backend(own, texts) is None
+    assert encode_texts(own, texts) == tok([t.upper() for t in texts], add_special_tokens=False)["input_ids"]

@@ -138,7 +138,7 @@ def test_multitoken_options_equal_summed_logprobs_of_a_full_forward(sharp_model,
     """Options of several tokens: the two-stage scoring (prompt once, then the options' remaining
     tokens against its cache) equals summing log-probs from a plain forward of prompt + option."""
     options = ("1 - bad", "2 - poor one", "3", "4 - good", "5 - very good indeed")
-    monkeypatch.setattr(judge_module, "OPTIONS", options)
+    monkeypatch.setattr(task_module, "OPTIONS", options)
     tok, model = sharp_model.tokenizer, sharp_model.model
     prompt = few_shot_prompt(2)
     its = items(5)

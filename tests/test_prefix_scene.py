@@ -379,3 +379,60 @@ def test_embedded_model_scene_prefixes_equal_full_encoding(monkeypatch):
     want = Evaluator(loaded.model, loaded.tokenizer, prefix_reuse=False, progress=False).judge(items)
     assert [a["argmax"] for a in got] == [b["argmax"] for b in want]
     assert max_diff(got, want) < TOL
+
+
+@pytest.mark.parametrize("mode", ["logprob", "logprob-multitoken", "generate"])
+def test_every_tensor_judging_sends_to_the_model_goes_through_host_to_device(sharp_model, monkeypatch, mode):
+    """On a GPU a plain ``.to(device)`` (or ``torch.tensor(..., device=...)``) from pageable memory
+    waits for the GPU to finish its queue, which would stop the host preparing a batch while the GPU
+    runs the previous one; ``host_to_device`` copies through pinned memory without waiting. This CPU
+    run records every such call made from the evaluation package's code while judging with scene
+    prefixes in the stitched layout (the one GPUs take) and in each scoring mode."""
+    import inspect
+    from pathlib import Path
+
+    from vat_hf.evaluation import prefix as prefix_module
+
+    package = Path(prefix_module.__file__).parent
+    plain, piped = [], []
+
+    def caller():
+        frame = inspect.currentframe().f_back.f_back
+        path = Path(frame.f_code.co_filename)
+        return f"{path.name}:{frame.f_lineno}" if path.parent == package and frame.f_code.co_name != "host_to_device" else None
+
+    def is_device(value):
+        return isinstance(value, torch.device) or (isinstance(value, str) and value.split(":")[0] in ("cpu", "cuda"))
+
+    original_to, original_tensor, original_h2d = torch.Tensor.to, torch.tensor, prefix_module.host_to_device
+
+    def to(self, *args, **kwargs):
+        where = caller()
+        if where and (any(is_device(a) for a in args) or "device" in kwargs):
+            plain.append(where)
+        return original_to(self, *args, **kwargs)
+
+    def tensor(*args, **kwargs):
+        where = caller()
+        if where and kwargs.get("device") is not None:
+            plain.append(where)
+        return original_tensor(*args, **kwargs)
+
+    def host_to_device(t, device):
+        piped.append(t.shape)
+        return original_h2d(t, device)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    monkeypatch.setattr(torch, "tensor", tensor)
+    monkeypatch.setattr(prefix_module, "host_to_device", host_to_device)
+    monkeypatch.setattr(judge_module, "host_to_device", host_to_device)
+    ev = Evaluator(sharp_model.model, sharp_model.tokenizer, prompt=few_shot_prompt(2), mode=mode, max_batch_size=4,
+                   progress=False)
+    ev._shared_attention = False
+    its = scene_items(3, 3)
+    records = ev.judge(its)
+    assert ev.stats.n_scene_prefix == len(its) and ev.stats.batches > 2
+    assert len(records) == len(its)
+    assert plain == []
+    # Every batch sent its ids, mask and positions through it (the scene passes and items alike).
+    assert len(piped) >= 3 * ev.stats.batches

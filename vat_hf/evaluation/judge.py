@@ -59,6 +59,7 @@ from vat_hf.evaluation.prefix import (
     attention_implementation,
     cache_kwarg,
     common_prefix_length,
+    host_to_device,
     keep_own,
     logits_to_keep_kwarg,
     output_cache,
@@ -75,19 +76,21 @@ from vat_hf.evaluation.task import (
     MODE_MULTITOKEN,
     TRUNCATION_RULES,
     JudgeStats,
+    TokenRequest,
     answer_complete,
     bad_item_reason,
     check_item_ids,
     default_max_length,
     distribution_outputs,
+    encode_texts,
     generated_outputs,
     make_record,
     missing_outputs,
     resolve_mode,
     scoring_config,
-    too_long_outputs,
+    token_requests,
 )
-from vat_hf.prompts import OPTIONS, JudgePrompt, judge_text
+from vat_hf.prompts import JudgePrompt, judge_text
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +129,7 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device, position_o
     # Positions count real tokens only, so left padding does not shift them.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0) + position_offset
     out = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-    device = torch.device(device)
-    if device.type == "cuda":
-        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in out.items()}
-    return {k: v.to(device) for k, v in out.items()}
+    return {k: host_to_device(v, device) for k, v in out.items()}
 
 
 def pack_rows(sequences: Sequence[Sequence[int]], offsets: Sequence[int], device) -> Dict[str, torch.Tensor]:
@@ -138,16 +138,14 @@ def pack_rows(sequences: Sequence[Sequence[int]], offsets: Sequence[int], device
     input_ids = torch.tensor([[t for seq in sequences for t in seq]], dtype=torch.long)
     position_ids = torch.cat([torch.arange(len(seq), dtype=torch.long) + int(offset)
                               for seq, offset in zip(sequences, offsets)])[None]
-    return {"input_ids": input_ids.to(device), "position_ids": position_ids.to(device)}
+    return {"input_ids": host_to_device(input_ids, device), "position_ids": host_to_device(position_ids, device)}
 
 
 @dataclass
-class _Request:
-    index: int  # position in the judged items
-    ids: List[int]  # tokens read by the main forward pass
-    conts: Optional[List[List[int]]] = None  # multitoken: each option's continuation tokens
+class _Request(TokenRequest):
+    """A token request (``ids``: the tokens the main forward pass reads) and where it continues from."""
+
     use_prefix: bool = False
-    truncated: int = 0
     # With use_prefix: the node below the root it continues from, its scene's prefix or an action
     # node below that (None: the root).
     scene: Optional[PrefixCache] = None
@@ -208,6 +206,7 @@ class Evaluator:
         if prefix_reuse not in ("auto", True, False):
             raise ValueError(f"prefix_reuse {prefix_reuse!r} is not 'auto', True or False")
         self.mode, self.option_ids = resolve_mode(tokenizer, mode)
+        self._option_index_tensor: Optional[torch.Tensor] = None
         self.prefix_reuse = prefix_reuse
         self.min_prefix_tokens = min_prefix_tokens
         self.truncation = truncation
@@ -272,12 +271,8 @@ class Evaluator:
     def texts(self, items: Sequence[Mapping]) -> List[str]:
         return [judge_text(self.tokenizer, self.prompt, item) for item in items]
 
-    def _tokenize(self, texts: Sequence[str]) -> List[List[int]]:
-        # The chat template already carries any special tokens the model expects.
-        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-
     def encode(self, items: Sequence[Mapping]) -> List[List[int]]:
-        return self._tokenize(self.texts(items))
+        return encode_texts(self.tokenizer, self.texts(items))
 
     def shared_prefix(self) -> Optional[PrefixCache]:
         """The prompt's item-independent token prefix (None when reuse is off or it is short)."""
@@ -370,40 +365,15 @@ class Evaluator:
                 del cache
 
     # -- requests -----------------------------------------------------------------------------
-    def _limit(self, conts_len: int = 0) -> Optional[int]:
-        if self.max_length is None:
-            return None
-        extra = self.max_new_tokens if self.mode == MODE_GENERATE else conts_len
-        return max(1, self.max_length - extra)
-
     def _requests(self, items: Sequence[Mapping], indices: Sequence[int]) -> Tuple[List[_Request], Dict[int, Dict]]:
-        """Token requests for ``indices`` of ``items``, and missing outputs for those refused."""
-        texts = self.texts([items[i] for i in indices])
-        missing: Dict[int, Dict] = {}
-        requests: List[_Request] = []
-        if self.mode == MODE_MULTITOKEN:
-            full = self._tokenize([text + option for text in texts for option in OPTIONS])
-            k = len(OPTIONS)
-            pairs = []
-            for j in range(len(indices)):
-                options = full[j * k:(j + 1) * k]
-                n = min(common_prefix_length(options), min(len(o) for o in options) - 1)
-                pairs.append((options[0][:n], [o[n:] for o in options]))
-        else:
-            pairs = [(ids, None) for ids in self._tokenize(texts)]
+        """Token requests for ``indices`` of ``items`` (:func:`~vat_hf.evaluation.task.token_requests`,
+        the length rules every backend shares), with the prefix each continues from, and missing
+        outputs for those refused."""
+        tokens, missing = token_requests(self.tokenizer, self.prompt, items, indices, self.mode, self.max_length,
+                                         self.truncation, self.max_new_tokens)
         prefix = self.shared_prefix()
-        for index, (ids, conts) in zip(indices, pairs):
-            limit = self._limit(max(len(c) for c in conts) if conts else 0)
-            truncated = 0
-            if limit is not None and len(ids) > limit:
-                if self.truncation == "refuse":
-                    missing[index] = too_long_outputs(items[index], len(ids), self.max_length, self.mode,
-                                                      reserved=self.max_length - limit)
-                    continue
-                truncated = len(ids) - limit
-                ids = ids[-limit:]
-            use_prefix = bool(prefix is not None and prefix.matches(ids))
-            requests.append(_Request(index=index, ids=list(ids), conts=conts, use_prefix=use_prefix, truncated=truncated))
+        requests = [_Request(index=r.index, ids=r.ids, conts=r.conts, truncated=r.truncated,
+                             use_prefix=bool(prefix is not None and prefix.matches(r.ids))) for r in tokens]
         if prefix is not None:
             self._scene_prefixes(prefix, items, requests)
         return requests, missing
@@ -444,7 +414,7 @@ class Evaluator:
                 mask = torch.cat([prefix_mask, packed.real.long()], dim=1)
             else:
                 batch = left_pad(seqs, self.pad_id, self.device, position_offset=offsets)
-                mask = torch.cat([prefix_mask.to(batch["attention_mask"].device), batch["attention_mask"]], dim=1)
+                mask = torch.cat([prefix_mask, batch["attention_mask"]], dim=1)
                 kwargs["attention_mask"] = mask
         else:
             seqs = [r.ids for r in requests]
@@ -505,12 +475,12 @@ class Evaluator:
         return False
 
     def _multitoken_outputs(self, requests: Sequence[_Request], use_prefix: bool) -> List[Dict]:
-        k = len(OPTIONS)
+        k = len(requests[0].conts)
         rows = len(requests)
         longest = max(len(c) for r in requests for c in r.conts)
         logits, state = self._forward(requests, use_prefix, want_cache=longest > 1)
         first = torch.log_softmax(logits.float(), dim=-1)
-        first_ids = torch.tensor([[c[0] for c in r.conts] for r in requests], dtype=torch.long, device=first.device)
+        first_ids = host_to_device(torch.tensor([[c[0] for c in r.conts] for r in requests]), first.device)
         scores = first.gather(1, first_ids).cpu().double()
         if longest > 1:
             cache, mask, last_pos = state
@@ -528,14 +498,15 @@ class Evaluator:
                         cont_mask[row * k + o, :len(c) - 1] = 1
                         targets[row * k + o, :len(c) - 1] = torch.tensor(c[1:])
             device = self.device
+            cont_ids, cont_mask, targets = (host_to_device(t, device) for t in (cont_ids, cont_mask, targets))
             positions = last_pos.repeat_interleave(k)[:, None] + 1 + torch.arange(steps, device=device)[None, :]
-            kwargs = {"input_ids": cont_ids.to(device), "position_ids": positions, "use_cache": True,
-                      "attention_mask": torch.cat([mask.repeat_interleave(k, dim=0), cont_mask.to(device)], dim=1),
+            kwargs = {"input_ids": cont_ids, "position_ids": positions, "use_cache": True,
+                      "attention_mask": torch.cat([mask.repeat_interleave(k, dim=0), cont_mask], dim=1),
                       self._cache_kw: cache}
             out = self.model(**kwargs)
             rest = torch.log_softmax(out.logits[:, -steps:, :].float(), dim=-1)
-            picked = rest.gather(-1, targets.to(device)[..., None])[..., 0]
-            picked = torch.where(cont_mask.to(device).bool(), picked, torch.zeros_like(picked))
+            picked = rest.gather(-1, targets[..., None])[..., 0]
+            picked = torch.where(cont_mask.bool(), picked, torch.zeros_like(picked))
             scores += picked.sum(-1).cpu().double().view(rows, k)
         return [distribution_outputs(row.tolist(), MODE_MULTITOKEN) for row in scores]
 
@@ -681,7 +652,7 @@ class Evaluator:
     def _launch_logprob(self, chunk: Sequence[_Request], use_prefix: bool):
         with torch.inference_mode():
             logits, _ = self._forward(chunk, use_prefix)
-            selected = torch.log_softmax(logits.float(), dim=-1)[:, self.option_ids]
+            selected = torch.log_softmax(logits.float(), dim=-1).index_select(1, self._option_index(logits.device))
             if selected.device.type != "cuda":
                 return selected.cpu().double(), None
             host = torch.empty(selected.shape, dtype=selected.dtype, pin_memory=True)
@@ -689,6 +660,13 @@ class Evaluator:
             event = torch.cuda.Event()
             event.record()
             return host, event
+
+    def _option_index(self, device: torch.device) -> torch.Tensor:
+        # Once per device: indexing a GPU tensor with a Python list copies the list to the GPU
+        # in every batch, and that copy waits for the GPU.
+        if self._option_index_tensor is None or self._option_index_tensor.device != device:
+            self._option_index_tensor = host_to_device(torch.tensor(self.option_ids, dtype=torch.long), device)
+        return self._option_index_tensor
 
     def _finish_logprob(self, chunk: Sequence[_Request], host: torch.Tensor, event) -> List[Tuple[int, Dict]]:
         if event is not None:

@@ -84,6 +84,18 @@ def scene_dummies(item: Mapping) -> List[Dict[str, str]]:
     return [{"scenario": item["scenario"], "action": dummy["action"]} for dummy in DUMMY_ITEMS]
 
 
+def host_to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """``tensor`` (on the host) on ``device``. To a CUDA device through pinned memory and without
+    blocking: a plain ``.to(device)`` from pageable memory waits until the GPU has finished all the
+    work queued before it, so one such copy per batch would keep the host from preparing the next
+    batch while the GPU runs this one (the evaluator launches a batch before reading the previous
+    one's results). Every host-to-device copy of judging goes through here."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     """Length of the longest common prefix of token id sequences.
 
@@ -441,7 +453,7 @@ def _scene_parts(root_cache, nodes: Sequence[PrefixCache], lengths: Sequence[int
         if len(node_rows) == 1:
             parts[:, :, node_rows[0], :, width - n:] = node.own
         else:
-            index = torch.tensor(node_rows, device=parts.device)
+            index = host_to_device(torch.tensor(node_rows), parts.device)
             parts[:, :, index, :, width - n:] = node.own[:, :, None]
     return [(parts[i, 0], parts[i, 1]) for i in range(n_layers)]
 
@@ -468,7 +480,7 @@ def prefix_batch(root: PrefixCache, nodes: Sequence[PrefixCache], model, device,
     # Built here and sent in one copy (not one per row): each row's scene part is left-padded to
     # ``width``.
     scene_mask = torch.arange(width)[None, :] >= width - own
-    mask = torch.cat([torch.ones((rows, root_len), dtype=torch.long), scene_mask.long()], dim=1).to(device)
+    mask = host_to_device(torch.cat([torch.ones((rows, root_len), dtype=torch.long), scene_mask.long()], dim=1), device)
     if shared:
         return shared_prefix_cache(root_cache, nodes, lengths, width, keep), mask, offsets
     if width == 0:
@@ -633,7 +645,7 @@ class SharedPrefixBatch:
         device = prefix_mask.device
         rows, width = len(lengths), max(lengths)
         self.layers, self.rows, self.width = cache.layers, rows, width
-        n = torch.tensor(list(lengths), dtype=torch.long, device=device)
+        n = host_to_device(torch.tensor(list(lengths), dtype=torch.long), device)
         starts = torch.cumsum(n, 0) - n
         steps = torch.arange(width, device=device)
         pads = width - n
