@@ -202,19 +202,17 @@ def main(argv=None):
     # a batch besides stalls that pipeline (the host cannot prepare a batch while the GPU runs one).
     # And how much of each run's wall time the GPU is busy (kernels and copies, under torch's
     # profiler, so a little slower than the timed runs): the rest is the GPU waiting on the host.
+    def diagnosis(measure, run):
+        try:
+            return measure(run, torch)
+        except Exception as err:  # a diagnosis must not cost the figures above
+            return {"error": repr(err)}
+
     syncs, busy = {}, {}
     if device.type == "cuda":
-        for name, setting in (("auto", "auto"), ("off", False)):
-            try:
-                syncs[name] = count_syncs(lambda: ours(setting), torch)
-            except Exception as err:  # a diagnosis must not cost the figures above
-                syncs[name] = {"error": repr(err)}
-        for name, run in (("bare", bare), ("ours_prefix_auto", lambda: ours("auto")[0]),
-                          ("ours_prefix_off", lambda: ours(False)[0])):
-            try:
-                busy[name] = gpu_busy(run, torch)
-            except Exception as err:
-                busy[name] = {"error": repr(err)}
+        syncs = {name: diagnosis(count_syncs, lambda: ours(setting)) for name, setting in (("auto", "auto"), ("off", False))}
+        busy = {name: diagnosis(gpu_busy, run) for name, run in (
+            ("bare", bare), ("ours_prefix_auto", lambda: ours("auto")[0]), ("ours_prefix_off", lambda: ours(False)[0]))}
     n = len(items)
     # Medians over the repeats; each repeat runs the three side by side, so their ratio is
     # taken within one run.

@@ -372,8 +372,7 @@ class Evaluator:
         tokens, missing = token_requests(self.tokenizer, self.prompt, items, indices, self.mode, self.max_length,
                                          self.truncation, self.max_new_tokens)
         prefix = self.shared_prefix()
-        requests = [_Request(index=r.index, ids=r.ids, conts=r.conts, truncated=r.truncated,
-                             use_prefix=bool(prefix is not None and prefix.matches(r.ids))) for r in tokens]
+        requests = [_Request(**vars(r), use_prefix=bool(prefix is not None and prefix.matches(r.ids))) for r in tokens]
         if prefix is not None:
             self._scene_prefixes(prefix, items, requests)
         return requests, missing

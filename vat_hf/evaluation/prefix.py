@@ -475,11 +475,11 @@ def prefix_batch(root: PrefixCache, nodes: Sequence[PrefixCache], model, device,
     root_len = len(root)
     lengths = [0 if node is root else node.own_length for node in nodes]
     width = max(lengths)
-    own = torch.tensor(lengths, dtype=torch.long)[:, None]
-    offsets = root_len + own
+    scene_lengths = torch.tensor(lengths, dtype=torch.long)[:, None]
+    offsets = root_len + scene_lengths
     # Built here and sent in one copy (not one per row): each row's scene part is left-padded to
     # ``width``.
-    scene_mask = torch.arange(width)[None, :] >= width - own
+    scene_mask = torch.arange(width)[None, :] >= width - scene_lengths
     mask = host_to_device(torch.cat([torch.ones((rows, root_len), dtype=torch.long), scene_mask.long()], dim=1), device)
     if shared:
         return shared_prefix_cache(root_cache, nodes, lengths, width, keep), mask, offsets
