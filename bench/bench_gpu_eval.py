@@ -21,7 +21,9 @@ Measured in the same process, alternating, after a warm-up:
   softmax, no records. This is the forward-pass limit the evaluator is compared with.
 - ``ours``: ``Evaluator.judge(items)`` end to end: prompt rendering, tokenisation, batching,
   host-to-device copies, forward passes (with attention mask and position ids), option
-  log-probabilities and records; with prefix reuse ``auto`` (the default) and ``off``.
+  log-probabilities and records; with prefix reuse ``auto`` (the default) and ``off``, and with
+  ``auto`` once more with every item prepared before the first batch (``one_wave``: no preparing
+  of the next wave while the model runs the current one).
 
 Goal: ours >= 85% of bare items/s. Results go to ``$OUT/gpu_eval.json`` when ``$OUT`` is set,
 else ``outputs/bench/gpu_eval.json``.
@@ -173,9 +175,11 @@ def main(argv=None):
         sync()
         return time.perf_counter() - t
 
-    def ours(prefix_reuse):
+    def ours(prefix_reuse, waves=True):
         ev = Evaluator(model, tokenizer, max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size,
                        progress=False, prefix_reuse=prefix_reuse)
+        if not waves:  # every item prepared before the first batch, as before waves
+            ev.first_wave_items = ev.wave_items = len(items)
         sync()
         t = time.perf_counter()
         records = ev.judge(items)
@@ -188,7 +192,7 @@ def main(argv=None):
     ours("auto")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    timings = {"bare": [], "ours_prefix_auto": [], "ours_prefix_off": []}
+    timings = {"bare": [], "ours_prefix_auto": [], "ours_prefix_off": [], "ours_prefix_auto_one_wave": []}
     stats = {}
     for _ in range(args.repeats):
         timings["bare"].append(bare())
@@ -196,6 +200,8 @@ def main(argv=None):
         timings["ours_prefix_auto"].append(seconds)
         seconds, _, stats["off"] = ours(False)
         timings["ours_prefix_off"].append(seconds)
+        seconds, _, stats["auto_one_wave"] = ours("auto", waves=False)
+        timings["ours_prefix_auto_one_wave"].append(seconds)
     # Where the host waits for the GPU: one untimed run of each setting with CUDA's sync debug
     # mode, counting the synchronizing calls by the line that made them. The evaluator means to
     # wait once a batch, for its results, after launching the next batch; a line that syncs once
@@ -226,6 +232,9 @@ def main(argv=None):
         "items_per_s_median": {k: n / v for k, v in median.items()},
         "ours_vs_bare_median": {"prefix_auto": median["bare"] / median["ours_prefix_auto"],
                                 "prefix_off": median["bare"] / median["ours_prefix_off"]},
+        # Preparing items in waves that overlap the model (Evaluator.first_wave_items) against
+        # preparing every item before the first batch; above 1: the waves are faster.
+        "waves_vs_one_wave_median": median["ours_prefix_auto_one_wave"] / median["ours_prefix_auto"],
         "goal": "ours >= 0.85 x bare",
         "timings_s": timings, "evaluator_stats": stats, "synchronizing_calls": syncs, "gpu_busy": busy,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,

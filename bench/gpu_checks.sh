@@ -6,7 +6,8 @@
 #      evaluator against a bare `model(input_ids, logits_to_keep=1)` loop (goal >= 0.85x); then
 #      the same with 10 items to a scene, and on a Qwen2.5-0.5B shape; each also counts the
 #      synchronizing CUDA calls by source line and the GPU's busy fraction of each side's wall time
-#      (one untimed run each);
+#      (one untimed run each), and times prefix reuse `auto` once more with every item prepared
+#      before the first batch (`one_wave`: a fourth run in each repeat, not yet run on a GPU);
 #   2. bench_gpu_train.py: DPO-LoRA steps/s and peak memory on a Qwen2.5-0.5B shape;
 #   3. bench_vllm.py (where vLLM is installed): the transformers evaluator, vLLM offline and vLLM
 #      served on the same 440 items of a SmolLM2-135M-shaped random model in bf16: items/s and the
@@ -17,8 +18,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-# The tokenizer keeps its own threads (as a user's run does): the evaluator tokenises every item
-# before the first batch, time the GPU waits.
+# The tokenizer keeps its own threads (as a user's run does): the evaluator prepares each next
+# wave of items on a worker thread while the GPU runs the current one.
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-outputs/bench}
 mkdir -p "$OUT"

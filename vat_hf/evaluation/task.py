@@ -357,8 +357,9 @@ def encode_texts(tokenizer, texts: Sequence[str]) -> List[List[int]]:
     (:func:`_offsetless_backend`): on 4,096 corpus prompts (about 133 SmolLM2 tokens each) that
     took 0.067 ms a prompt against 0.101 through ``tokenizer(texts)`` with the tokenizer's two
     threads on a 2-core AMD EPYC, and 0.171 against 0.190 on one thread; the offsets and
-    transformers' conversion of each encoding make the difference. The evaluator tokenises every
-    item it judges before the first batch, and on a GPU that is time the GPU waits."""
+    transformers' conversion of each encoding make the difference. The transformers evaluator
+    calls it once a wave of items (``Evaluator.first_wave_items``), on a worker thread while the
+    model runs the wave before."""
     texts = list(texts)
     if not texts:
         return []
