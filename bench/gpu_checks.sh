@@ -8,6 +8,7 @@
 #      synchronizing CUDA calls by source line and the GPU's busy fraction of each side's wall time
 #      (one untimed run each), and times prefix reuse `auto` once more with every item prepared
 #      before the first batch (`one_wave`: a fourth run in each repeat, not yet run on a GPU);
+#      then memory_check.py: a real CUDA out-of-memory error, split and judged on (not yet run);
 #   2. bench_gpu_train.py: DPO-LoRA steps/s and peak memory on a Qwen2.5-0.5B shape;
 #   3. bench_vllm.py (where vLLM is installed): the transformers evaluator, vLLM offline and vLLM
 #      served on the same 440 items of a SmolLM2-135M-shaped random model in bf16: items/s and the
@@ -34,6 +35,10 @@ timeout 260 python3 bench/bench_gpu_eval.py --tokenizer .whl/smollm2-tokenizer -
 [ "${PIPESTATUS[0]}" = 0 ] || eval_rc=1
 timeout 160 python3 bench/bench_gpu_eval.py --small --tokenizer .whl/smollm2-tokenizer --n-items 2048 --repeats 3 \
     --output-name gpu_eval_small.json >> "$OUT/gpu_eval.log" 2>&1
+[ "$?" = 0 ] || eval_rc=1
+# A real out-of-memory error: the evaluator splits the batch and judges on (memory_check.py; an
+# estimated 30-60 s, not yet run on a GPU); its report goes to the end of gpu_eval.log.
+timeout 150 python3 bench/memory_check.py --tokenizer .whl/smollm2-tokenizer >> "$OUT/gpu_eval.log" 2>&1
 [ "$?" = 0 ] || eval_rc=1
 timeout 180 python3 bench/bench_gpu_train.py --tokenizer .whl/smollm2-tokenizer --output "$OUT/gpu_train.json" 2>&1 | tail -40 | tee "$OUT/gpu_train.log"
 train_rc=${PIPESTATUS[0]}

@@ -81,7 +81,8 @@ class EvalConfig:
                                        "one-time timing finds it clearly faster than torch's MKL kernel), onednn or "
                                        "torch. Both compute the same products up to float32 rounding."))
     max_batch_tokens: Annotated[int, Ge(1)] = field(
-        default=8192, metadata=_help("Token budget of one batch (padded length x rows)."))
+        default=8192, metadata=_help("Token budget of one batch (padded length x rows); after an out-of-memory "
+                                     "error the evaluator halves it (and max_batch_size) and goes on."))
     max_batch_size: Annotated[int, Ge(1)] = field(default=64, metadata=_help("Most rows in one batch."))
     max_length: Optional[Annotated[int, Ge(1)]] = field(
         default=None, metadata=_help("Longest prompt judged (default: the model's context)."))

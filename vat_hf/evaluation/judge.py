@@ -30,6 +30,11 @@ packed into one sequence (no padding in the linear layers). Items are prepared (
 tokenised, matched to their prefixes) in waves of whole scenes, each next wave on a worker thread
 while the model runs the current one (:attr:`Evaluator.first_wave_items`).
 
+Running out of accelerator memory does not stop a run either: the batch that did not fit is
+split (the batch limits are halved from its size, and stay lowered for the evaluator's later
+batches) and judging goes on; only an item that does not fit alone stops it, with a
+:class:`DeviceMemoryError` that names it, after every item judged before it has been handed over.
+
 Bad input never stops a run: an item with an empty scenario or action, or a prompt longer than
 ``max_length`` (with ``truncation="refuse"``, the default), gets a record with ``rating=None`` and
 a ``missing_reason`` naming the item and the problem; every other item is judged. With
@@ -42,14 +47,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 from tqdm.auto import tqdm
 
+from vat_hf.errors import VatHfError
 from vat_hf.evaluation.linear_kernel import check_linear_kernel, chosen_linear_kernel, linears_on
 from vat_hf.evaluation.prefix import (
     DUMMY_ITEMS,
@@ -169,6 +177,11 @@ def pack_rows(sequences: Sequence[Sequence[int]], offsets: Sequence[int], device
     position_ids = torch.cat([torch.arange(len(seq), dtype=torch.long) + int(offset)
                               for seq, offset in zip(sequences, offsets)])[None]
     return {"input_ids": host_to_device(input_ids, device), "position_ids": host_to_device(position_ids, device)}
+
+
+class DeviceMemoryError(VatHfError, RuntimeError):
+    """An item (or a scene prefix) that does not fit in the accelerator's memory even in a batch of
+    its own; every item judged before it was handed over (and cached, where there is a cache)."""
 
 
 @dataclass
@@ -384,8 +397,14 @@ class Evaluator:
             for batch in token_budget_batches(lengths, self.max_batch_tokens, self.max_batch_size):
                 chunk = [ready[i] for i in batch]
                 pseudo = [_Request(index=-1, ids=n.ids, use_prefix=True, scene=n.stem) for n in chunk]
-                with torch.inference_mode():
-                    _, (cache, _, _) = self._forward(pseudo, use_prefix=True, want_cache=True)
+                try:
+                    with torch.inference_mode():
+                        _, (cache, _, _) = self._forward(pseudo, use_prefix=True, want_cache=True)
+                except RuntimeError as error:
+                    if not self._lower_limits(error, [lengths[i] for i in batch],
+                                              lambda: f"a {chunk[0].kind} prefix of {len(chunk[0].ids)} tokens"):
+                        raise
+                    break  # the round again, without the nodes done, in batches of the lowered limits
                 for row, node in enumerate(chunk):
                     keep_own(node, cache, row)
                     del pending[id(node)]
@@ -648,13 +667,7 @@ class Evaluator:
         try:
             future = None
             for k, wave in enumerate(waves):
-                try:
-                    requests, missing = future.result() if future is not None else self._requests(items, wave)
-                except BaseException:
-                    # The last batch judged is handed over (and cached) before the error stops the run.
-                    if pending is not None:
-                        yield self._finish_logprob(*pending), True
-                    raise
+                requests, missing = future.result() if future is not None else self._requests(items, wave)
                 future = None
                 if ahead is not None and k + 1 < len(waves):
                     # The next wave is prepared while this one runs: the tokenizer's Rust code and
@@ -663,23 +676,79 @@ class Evaluator:
                 if missing:
                     yield sorted(missing.items()), False
                 self._settle_prefixes(requests)
-                for use_prefix, chunk in self._batches(requests):
-                    if self.mode != MODE_LOGPROB:
-                        yield self._pairs(chunk, self.score_batch(chunk, use_prefix)), True
+                queue = deque(self._batches(requests))
+                while queue:
+                    use_prefix, chunk = queue.popleft()
+                    try:
+                        if self.mode != MODE_LOGPROB:
+                            outputs = self.score_batch(chunk, use_prefix)
+                        else:
+                            # Single-token scoring is pipelined: the next batch is launched before
+                            # the previous one's results are read back, so the accelerator never
+                            # waits on Python (across waves too).
+                            launched = self._launch_logprob(chunk, use_prefix)
+                    except RuntimeError as error:
+                        first = chunk[0]
+                        if not self._lower_limits(error, [self._read_length(r, use_prefix) for r in chunk],
+                                                  lambda: f"item {items[first.index].get('id')!r} ({len(first.ids)} tokens)"):
+                            raise
+                        # This batch and the wave's others, in batches of the lowered limits.
+                        left = [(use_prefix, chunk), *queue]
+                        queue = deque((u, batch) for u in (True, False)
+                                      for batch in self._group_batches([r for v, c in left if v == u for r in c], u))
                         continue
-                    # Single-token scoring is pipelined: the next batch is launched before the
-                    # previous one's results are read back, so the accelerator never waits on
-                    # Python (across waves too).
-                    launched = self._launch_logprob(chunk, use_prefix)
+                    if self.mode != MODE_LOGPROB:
+                        yield self._pairs(chunk, outputs), True
+                        continue
                     if pending is not None:
-                        yield self._finish_logprob(*pending), True
+                        done, pending = pending, None
+                        yield self._finish_logprob(*done), True
                     pending = (chunk, *launched)
                 del requests
             if pending is not None:
-                yield self._finish_logprob(*pending), True
+                done, pending = pending, None
+                yield self._finish_logprob(*done), True
+        except GeneratorExit:
+            raise
+        except BaseException:
+            # Whatever stops the run (a wave that failed to prepare, an item too large for the
+            # device, an interrupt), the batch already launched is handed over (and cached) first.
+            if pending is not None:
+                done, pending = pending, None
+                yield self._finish_logprob(*done), True
+            raise
         finally:
             if ahead is not None:
                 ahead.shutdown(wait=True, cancel_futures=True)
+
+    def _lower_limits(self, error: RuntimeError, lengths: Sequence[int], what) -> bool:
+        """After ``error`` in a pass over a batch of rows reading ``lengths`` tokens each: False when
+        it is not an out-of-memory error (accelerate's ``should_reduce_batch_size``: CUDA, ROCm,
+        XPU, MPS, CPU); else halve the batch limits from that batch's size (rows, and padded tokens)
+        so that it splits, free the device's cached memory and return True. A batch of one row
+        cannot split: :class:`DeviceMemoryError`, naming ``what()`` (what the row was)."""
+        if not should_reduce_batch_size(error):
+            return False
+        rows, width = len(lengths), max(lengths)
+        if rows <= 1:
+            raise DeviceMemoryError(
+                f"out of memory on {self.device}: {what()} does not fit in a batch of its own ({width} tokens read; "
+                f"{error.args[0].splitlines()[0]}); every item judged before it was handed over",
+                fix="free memory on the device (another process may hold some), load the model in a smaller dtype "
+                    "(eval.dtype bfloat16) or refuse such long prompts (eval.max_length); then run the same command "
+                    "again: judged items are read from the judgment cache") from error
+        before = (self.max_batch_tokens, self.max_batch_size)
+        self.max_batch_size = max(1, min(self.max_batch_size, rows) // 2)
+        self.max_batch_tokens = max(1, min(self.max_batch_tokens, rows * width) // 2)
+        self.stats.out_of_memory_splits += 1
+        logger.warning("out of memory on %s in a batch of %d rows x %d tokens; lowering the batch limits from %d "
+                       "tokens and %d rows to %d and %d, and going on", self.device, rows, width, *before,
+                       self.max_batch_tokens, self.max_batch_size)
+        # The failed pass's tensors are held by the traceback's frames: drop them, then return the
+        # device memory they held to the allocator's pool (and the pool's free blocks to the device).
+        error.__traceback__ = None
+        clear_device_cache(garbage_collection=True)
+        return True
 
     def _settle_prefixes(self, requests: Sequence[_Request]) -> None:
         """Make a wave's requests use only the prefix levels that passed their one-time checks
@@ -701,11 +770,17 @@ class Evaluator:
             # Checked only once a request uses the prefix: a wave (or call) whose items all miss it
             # (all cut by left truncation, say) leaves the check to the next one that does.
             if first is not None:
-                with torch.inference_mode():
-                    full, (cache, _, _) = self._forward([first], use_prefix=False, want_cache=True)
-                adopt_prefixes(self._prefix, cache)
-                del cache
-                if not self._check_prefix(replace(first, scene=None), full):
+                try:
+                    with torch.inference_mode():
+                        full, (cache, _, _) = self._forward([first], use_prefix=False, want_cache=True)
+                    adopt_prefixes(self._prefix, cache)
+                    del cache
+                    passed = self._check_prefix(replace(first, scene=None), full)
+                except RuntimeError as error:
+                    if not self._lower_limits(error, [len(first.ids)], lambda: "the one-time prefix check's full "
+                                              f"encoding of the wave's shortest item ({len(first.ids)} tokens)"):
+                        raise
+                if not passed:
                     self.prefix_reuse = False
                     for r in requests:
                         r.use_prefix, r.scene = False, None
@@ -735,9 +810,17 @@ class Evaluator:
         group in token-budget batches of the tokens the pass reads."""
         for use_prefix in (True, False):
             group = [r for r in requests if r.use_prefix == use_prefix]
-            lengths = [len(r.ids) - (len(r.scene or self._prefix) if use_prefix else 0) for r in group]
-            for batch in token_budget_batches(lengths, self.max_batch_tokens, self.max_batch_size):
-                yield use_prefix, [group[i] for i in batch]
+            for batch in self._group_batches(group, use_prefix):
+                yield use_prefix, batch
+
+    def _read_length(self, request: _Request, use_prefix: bool) -> int:
+        """The tokens a pass reads for ``request``: those past its prefix, or all of them."""
+        return len(request.ids) - (len(request.scene or self._prefix) if use_prefix else 0)
+
+    def _group_batches(self, group: Sequence[_Request], use_prefix: bool) -> List[List[_Request]]:
+        lengths = [self._read_length(r, use_prefix) for r in group]
+        return [[group[i] for i in batch]
+                for batch in token_budget_batches(lengths, self.max_batch_tokens, self.max_batch_size)]
 
     def _launch_logprob(self, chunk: Sequence[_Request], use_prefix: bool):
         with torch.inference_mode():
@@ -802,4 +885,5 @@ class Evaluator:
         self.stats.n_computed += len(todo)
         self.stats.n_missing += sum(1 for r in records if r["rating"] is None)
         self.stats.seconds += time.perf_counter() - started
+        self.stats.max_batch_tokens, self.stats.max_batch_size = self.max_batch_tokens, self.max_batch_size
         return records

@@ -302,6 +302,9 @@ class JudgeStats:
     seconds: float = 0.0
     batches: int = 0
     linear_kernel: str = ""  # the float32 linear layers' CPU kernel, "onednn" or "torch" (empty: not decided)
+    out_of_memory_splits: int = 0  # batches split after an out-of-memory error (the batch limits halved each time)
+    max_batch_tokens: int = 0  # the batch limits in force at the end, lower than configured after such splits
+    max_batch_size: int = 0  # (transformers evaluator; 0: another backend)
 
     def to_dict(self) -> Dict[str, Any]:
         return dict(self.__dict__)
