@@ -62,6 +62,7 @@ def main(argv=None):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from vat_hf.evaluation import Evaluator
+    from vat_hf.evaluation.judge import DeviceMemoryError
     from vat_hf.io import write_json
 
     device = torch.device(args.device)
@@ -114,16 +115,17 @@ def main(argv=None):
         used = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
         cap = used + args.cpu_headroom_mib * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (cap, resource.RLIM_INFINITY))
+    failure = None
     try:
         capped, capped_stats, capped_s, capped_peak = judge()
+    except DeviceMemoryError as err:  # held too short for even one item: a result, not a crash
+        failure = str(err)
     finally:
         if cuda:
             torch.cuda.set_per_process_memory_fraction(1.0)
         else:
             resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     n = len(items)
-    agree = sum(a["argmax"] == b["argmax"] for a, b in zip(whole, capped))
-    diff = max(abs(x - y) for a, b in zip(whole, capped) for x, y in zip(a["probs"], b["probs"]))
     gib = (lambda b: None if b is None else b / 2**30)
     report = {
         "device": torch.cuda.get_device_name(0) if cuda else "cpu, 1 torch thread",
@@ -134,15 +136,21 @@ def main(argv=None):
         "configured_limits": {"max_batch_tokens": args.max_batch_tokens, "max_batch_size": args.max_batch_size},
         "weights_gib": gib(weights), "cap_gib": gib(cap),
         "whole": {"items_per_s": n / whole_s, "peak_gib": gib(whole_peak),
-                      "out_of_memory_splits": whole_stats["out_of_memory_splits"]},
-        "capped": {"items_per_s": n / capped_s, "peak_gib": gib(capped_peak),
-                   "out_of_memory_splits": capped_stats["out_of_memory_splits"],
-                   "final_limits": {"max_batch_tokens": capped_stats["max_batch_tokens"],
-                                    "max_batch_size": capped_stats["max_batch_size"]}},
-        "argmax_agreement": f"{agree}/{n}", "max_prob_diff": diff,
-        "passed": agree == n and diff < 0.05 and capped_stats["out_of_memory_splits"] > 0,
+                  "out_of_memory_splits": whole_stats["out_of_memory_splits"]},
         "torch": torch.__version__,
     }
+    if failure is not None:
+        report.update(capped={"error": failure}, passed=False)
+    else:
+        agree = sum(a["argmax"] == b["argmax"] for a, b in zip(whole, capped))
+        diff = max(abs(x - y) for a, b in zip(whole, capped) for x, y in zip(a["probs"], b["probs"]))
+        report.update(
+            capped={"items_per_s": n / capped_s, "peak_gib": gib(capped_peak),
+                    "out_of_memory_splits": capped_stats["out_of_memory_splits"],
+                    "final_limits": {"max_batch_tokens": capped_stats["max_batch_tokens"],
+                                     "max_batch_size": capped_stats["max_batch_size"]}},
+            argmax_agreement=f"{agree}/{n}", max_prob_diff=diff,
+            passed=agree == n and diff < 0.05 and capped_stats["out_of_memory_splits"] > 0)
     print(json.dumps(report, indent=1))
     if args.output:
         write_json(Path(args.output), report)

@@ -157,3 +157,37 @@ def test_another_error_is_not_retried_and_the_batch_launched_before_it_is_kept(s
     resumed.judge(its)
     # Both batches launched before the failure were kept: the second was still being computed.
     assert launched == [3, 3] and resumed.stats.n_cached == 6
+
+
+def test_vat_hf_eval_goes_on_after_a_split_records_it_and_names_an_item_that_does_not_fit(
+        tiny_model_dir, tmp_path, monkeypatch):
+    from faultkit import invoke
+
+    from vat_hf.io import read_json
+
+    def args(name):
+        return ["eval", "--model", tiny_model_dir, "--max-scenes", "1", "--dtype", "float32",
+                "-o", tmp_path / name / "judgments.jsonl", "--cache-dir", tmp_path / name / "cache"]
+
+    Device(monkeypatch, lambda requests: len(requests) > 3)
+    result = invoke(args("split"))
+    assert result.exit_code == 0, result.output
+    stats = read_json(tmp_path / "split" / "results_judgments.json")["stats"]
+    assert stats["n_computed"] == 20
+    (process,) = stats["per_process"]
+    assert process["out_of_memory_splits"] >= 1 and process["max_batch_size"] <= 3
+    assert process["max_batch_tokens"] < 8192  # the configured limit, lowered
+    monkeypatch.undo()
+    # One item that fits in no batch: the run stops with the error a user reads (no traceback),
+    # and the same command without that limit finishes from the cache.
+    Device(monkeypatch, lambda requests: any(r.index == 7 for r in requests))
+    failed = invoke(args("alone"))
+    assert failed.exit_code == 1
+    assert "error: out of memory on cpu: " in failed.output and "does not fit in a batch of its own" in failed.output
+    assert "fix: free memory on the device" in failed.output and "Traceback" not in failed.output
+    monkeypatch.undo()
+    again = invoke(args("alone"))
+    assert again.exit_code == 0, again.output
+    stats = read_json(tmp_path / "alone" / "results_judgments.json")["stats"]
+    # (The items judged before the one that did not fit were kept: 2 here.)
+    assert stats["n_cached"] >= 1 and stats["n_cached"] + stats["n_computed"] == 20, stats
