@@ -134,6 +134,20 @@ def test_an_item_that_does_not_fit_alone_stops_the_run_naming_it_and_keeps_what_
     assert_same_judgments(got, evaluator(sharp_model).judge(its))
 
 
+def test_a_device_too_small_for_the_one_time_check_says_so(sharp_model, monkeypatch):
+    # The check's passes are over one item: for want of memory they cannot split either.
+    Device(monkeypatch, lambda requests: True)
+    check = r"^out of memory on cpu: the item of a one-time prefix check \(\d+ tokens\) does not fit"
+    with pytest.raises(DeviceMemoryError, match=check):
+        evaluator(sharp_model).judge(scene_items(2, 2))
+    # The scene level's check runs its item's scene prefix alone: a scene-prefix pass cannot split.
+    monkeypatch.undo()
+    Device(monkeypatch, lambda requests: requests[0].index == -1)
+    scene = r"^out of memory on cpu: a (stem|scene) prefix of \d+ tokens does not fit"  # not wrapped once more
+    with pytest.raises(DeviceMemoryError, match=scene):
+        evaluator(sharp_model).judge(scene_items(2, 2))
+
+
 def test_another_error_is_not_retried_and_the_batch_launched_before_it_is_kept(sharp_model, monkeypatch, tmp_path):
     """A failure that is not for want of memory stops the run as it is; the batch launched before
     the failing one (not yet read back) is handed over and cached first."""

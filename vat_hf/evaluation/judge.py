@@ -49,6 +49,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -727,8 +728,8 @@ class Evaluator:
         XPU, MPS, CPU); else halve the batch limits from that batch's size (rows, and padded tokens)
         so that it splits, free the device's cached memory and return True. A batch of one row
         cannot split: :class:`DeviceMemoryError`, naming ``what()`` (what the row was)."""
-        if not should_reduce_batch_size(error):
-            return False
+        if isinstance(error, DeviceMemoryError) or not should_reduce_batch_size(error):
+            return False  # (a DeviceMemoryError quotes the allocator's message: already handled)
         rows, width = len(lengths), max(lengths)
         if rows <= 1:
             raise DeviceMemoryError(
@@ -770,16 +771,12 @@ class Evaluator:
             # Checked only once a request uses the prefix: a wave (or call) whose items all miss it
             # (all cut by left truncation, say) leaves the check to the next one that does.
             if first is not None:
-                try:
+                with self._checking(first):
                     with torch.inference_mode():
                         full, (cache, _, _) = self._forward([first], use_prefix=False, want_cache=True)
                     adopt_prefixes(self._prefix, cache)
                     del cache
                     passed = self._check_prefix(replace(first, scene=None), full)
-                except RuntimeError as error:
-                    if not self._lower_limits(error, [len(first.ids)], lambda: "the one-time prefix check's full "
-                                              f"encoding of the wave's shortest item ({len(first.ids)} tokens)"):
-                        raise
                 if not passed:
                     self.prefix_reuse = False
                     for r in requests:
@@ -791,8 +788,9 @@ class Evaluator:
             if not supports_scene_prefixes(root.cache(self.model, self.device)):
                 root.scene_reuse = False
             elif not root.scene_checked:
-                self._run_scene_prefixes([scene_first])
-                root.scene_reuse = self._check_prefix(scene_first, full)
+                with self._checking(scene_first):
+                    self._run_scene_prefixes([scene_first])
+                    root.scene_reuse = self._check_prefix(scene_first, full)
                 root.scene_checked = True
             if not root.scene_reuse:
                 for r in requests:
@@ -804,6 +802,17 @@ class Evaluator:
         self.stats.n_action_prefix += sum(1 for r in uses if r.scene is not None and r.scene.kind == "action")
         if uses:
             self.stats.prefix_tokens = len(self._prefix)
+
+    @contextmanager
+    def _checking(self, request: _Request) -> Iterator[None]:
+        """Around a one-time check's passes over ``request`` alone: for want of memory, a
+        :class:`DeviceMemoryError` (one item cannot split); any other error as it is."""
+        try:
+            yield
+        except RuntimeError as error:
+            self._lower_limits(error, [len(request.ids)],
+                               lambda: f"the item of a one-time prefix check ({len(request.ids)} tokens)")
+            raise
 
     def _batches(self, requests: Sequence[_Request]) -> Iterator[Tuple[bool, List[_Request]]]:
         """``(use_prefix, batch)``: the requests that continue from a prefix, then the others, each
