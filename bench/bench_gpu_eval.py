@@ -52,6 +52,30 @@ QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                   rms_norm_eps=1e-6, tie_word_embeddings=True)
 
 
+def bench_tokenizer(path=None):
+    """The tokenizer at ``path``, else the embedded SmolLM2's."""
+    from transformers import AutoTokenizer
+
+    if path is None:
+        from vat_hf.models import embedded_model_dir
+
+        path = embedded_model_dir()
+    return AutoTokenizer.from_pretrained(path)
+
+
+def random_model(shape, device, dtype, attn_implementation="sdpa"):
+    """A random-initialised Qwen2 model of ``shape`` (a config dict above), built on ``device``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("qwen2", **shape)
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    return model.eval()
+
+
 def synthetic_items(n: int, tokenizer, target_tokens: int, seed: int = 0, per_scene: int = 1):
     """Items whose judging prompts are about ``target_tokens`` long (spread +-15%); each run of
     ``per_scene`` items shares one scenario (a scene), as the corpus's items do."""
@@ -123,7 +147,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from vat_hf.evaluation import Evaluator
     from vat_hf.evaluation.judge import left_pad, token_budget_batches
@@ -137,23 +160,13 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    if args.tokenizer:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    else:
-        from vat_hf.models import embedded_model_dir
-
-        tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tokenizer = bench_tokenizer(args.tokenizer)
     tokenizer.padding_side = "left"
     shape = TINY if args.tiny else QWEN25_05B if args.small else QWEN25_7B
     shape_name = "tiny (script check)" if args.tiny else "Qwen2.5-0.5B" if args.small else "Qwen2.5-7B"
-    config = AutoConfig.for_model("qwen2", **shape)
-    config._attn_implementation = args.attn_implementation
-    torch.manual_seed(0)
     started = time.perf_counter()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=args.attn_implementation)
-    model.eval()
+    model = random_model(shape, device, dtype, args.attn_implementation)
     build_s = time.perf_counter() - started
     n_params = sum(p.numel() for p in model.parameters())
 

@@ -35,7 +35,7 @@ import os
 import time
 from pathlib import Path
 
-from bench_gpu_eval import QWEN25_05B, synthetic_items
+from bench_gpu_eval import QWEN25_05B, bench_tokenizer, random_model, synthetic_items
 
 # The CPU check's shape: the MLP is wide so that a batch's activations dominate its memory.
 WIDE_MLP = dict(hidden_size=128, intermediate_size=16384, num_hidden_layers=2, num_attention_heads=4,
@@ -59,7 +59,6 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING)
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from vat_hf.evaluation import Evaluator
     from vat_hf.evaluation.judge import DeviceMemoryError
@@ -69,20 +68,11 @@ def main(argv=None):
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
         raise SystemExit("memory_check.py: no CUDA GPU here (--device cpu holds the CPU's memory instead)")
-    if args.tokenizer:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    else:
-        from vat_hf.models import embedded_model_dir
-
-        tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tokenizer = bench_tokenizer(args.tokenizer)
     if not cuda:
         torch.set_num_threads(1)
-    config = AutoConfig.for_model("qwen2", **(QWEN25_05B if cuda else WIDE_MLP))
-    torch.manual_seed(0)
     dtype = torch.bfloat16 if cuda else torch.float32
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-    model.eval()
+    model = random_model(QWEN25_05B if cuda else WIDE_MLP, device, dtype)
     items = synthetic_items(args.n_items, tokenizer, args.prompt_tokens)
 
     def judge():

@@ -6,6 +6,8 @@ The device here is simulated: ``Evaluator._forward`` raises the error CUDA's all
 (``torch.OutOfMemoryError``, "CUDA out of memory. ...") for the passes a test says do not fit.
 Everything else, the model passes included, is real."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ from vat_hf.errors import format_error
 from vat_hf.evaluation import Evaluator
 from vat_hf.evaluation.judge import DeviceMemoryError, scene_waves
 
-from test_evaluator_waves import PROMPT  # noqa: E402
+from test_evaluator_waves import evaluator as waves_evaluator  # noqa: E402
 from test_prefix_scene import assert_same_judgments, scene_items  # noqa: E402
 
 CUDA_MESSAGE = ("CUDA out of memory. Tried to allocate 1.50 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
@@ -40,10 +42,9 @@ class Device:
 
 
 def evaluator(model, waves=None, **kwargs):
-    ev = Evaluator(model.model, model.tokenizer, prompt=PROMPT, progress=False, **kwargs)
-    if waves is not None:
-        ev.first_wave_items, ev.wave_items = waves
-    return ev
+    """The waves tests' evaluator with the default row limit (64), so that batches have rows to lose."""
+    default = inspect.signature(Evaluator).parameters["max_batch_size"].default
+    return waves_evaluator(model, waves, **{"max_batch_size": default, **kwargs})
 
 
 @pytest.mark.parametrize("mode", ["logprob", "logprob-multitoken", "generate"])

@@ -403,7 +403,7 @@ class Evaluator:
                         _, (cache, _, _) = self._forward(pseudo, use_prefix=True, want_cache=True)
                 except RuntimeError as error:
                     if not self._lower_limits(error, [lengths[i] for i in batch],
-                                              lambda: f"a {chunk[0].kind} prefix of {len(chunk[0].ids)} tokens"):
+                                              f"a {chunk[0].kind} prefix of {len(chunk[0].ids)} tokens"):
                         raise
                     break  # the round again, without the nodes done, in batches of the lowered limits
                 for row, node in enumerate(chunk):
@@ -691,12 +691,10 @@ class Evaluator:
                     except RuntimeError as error:
                         first = chunk[0]
                         if not self._lower_limits(error, [self._read_length(r, use_prefix) for r in chunk],
-                                                  lambda: f"item {items[first.index].get('id')!r} ({len(first.ids)} tokens)"):
+                                                  f"item {items[first.index].get('id')!r} ({len(first.ids)} tokens)"):
                             raise
                         # This batch and the wave's others, in batches of the lowered limits.
-                        left = [(use_prefix, chunk), *queue]
-                        queue = deque((u, batch) for u in (True, False)
-                                      for batch in self._group_batches([r for v, c in left if v == u for r in c], u))
+                        queue = deque(self._batches(chunk + [r for _, batch in queue for r in batch]))
                         continue
                     if self.mode != MODE_LOGPROB:
                         yield self._pairs(chunk, outputs), True
@@ -722,18 +720,18 @@ class Evaluator:
             if ahead is not None:
                 ahead.shutdown(wait=True, cancel_futures=True)
 
-    def _lower_limits(self, error: RuntimeError, lengths: Sequence[int], what) -> bool:
+    def _lower_limits(self, error: RuntimeError, lengths: Sequence[int], what: str) -> bool:
         """After ``error`` in a pass over a batch of rows reading ``lengths`` tokens each: False when
         it is not an out-of-memory error (accelerate's ``should_reduce_batch_size``: CUDA, ROCm,
         XPU, MPS, CPU); else halve the batch limits from that batch's size (rows, and padded tokens)
         so that it splits, free the device's cached memory and return True. A batch of one row
-        cannot split: :class:`DeviceMemoryError`, naming ``what()`` (what the row was)."""
+        cannot split: :class:`DeviceMemoryError`, naming ``what`` (what the row was)."""
         if isinstance(error, DeviceMemoryError) or not should_reduce_batch_size(error):
             return False  # (a DeviceMemoryError quotes the allocator's message: already handled)
         rows, width = len(lengths), max(lengths)
         if rows <= 1:
             raise DeviceMemoryError(
-                f"out of memory on {self.device}: {what()} does not fit in a batch of its own ({width} tokens read; "
+                f"out of memory on {self.device}: {what} does not fit in a batch of its own ({width} tokens read; "
                 f"{error.args[0].splitlines()[0]}); every item judged before it was handed over",
                 fix="free memory on the device (another process may hold some), load the model in a smaller dtype "
                     "(eval.dtype bfloat16) or refuse such long prompts (eval.max_length); then run the same command "
@@ -810,8 +808,8 @@ class Evaluator:
         try:
             yield
         except RuntimeError as error:
-            self._lower_limits(error, [len(request.ids)],
-                               lambda: f"the item of a one-time prefix check ({len(request.ids)} tokens)")
+            n = len(request.ids)
+            self._lower_limits(error, [n], f"the item of a one-time prefix check ({n} tokens)")
             raise
 
     def _batches(self, requests: Sequence[_Request]) -> Iterator[Tuple[bool, List[_Request]]]:
@@ -819,17 +817,13 @@ class Evaluator:
         group in token-budget batches of the tokens the pass reads."""
         for use_prefix in (True, False):
             group = [r for r in requests if r.use_prefix == use_prefix]
-            for batch in self._group_batches(group, use_prefix):
-                yield use_prefix, batch
+            lengths = [self._read_length(r, use_prefix) for r in group]
+            for batch in token_budget_batches(lengths, self.max_batch_tokens, self.max_batch_size):
+                yield use_prefix, [group[i] for i in batch]
 
     def _read_length(self, request: _Request, use_prefix: bool) -> int:
         """The tokens a pass reads for ``request``: those past its prefix, or all of them."""
         return len(request.ids) - (len(request.scene or self._prefix) if use_prefix else 0)
-
-    def _group_batches(self, group: Sequence[_Request], use_prefix: bool) -> List[List[_Request]]:
-        lengths = [self._read_length(r, use_prefix) for r in group]
-        return [[group[i] for i in batch]
-                for batch in token_budget_batches(lengths, self.max_batch_tokens, self.max_batch_size)]
 
     def _launch_logprob(self, chunk: Sequence[_Request], use_prefix: bool):
         with torch.inference_mode():
